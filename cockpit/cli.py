@@ -1,0 +1,251 @@
+"""The ``cockpit`` command line (Contract 2). Torch-free and quick to start: the heavy
+imports (textual for the app) happen only in the command that needs them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from engine.preset import PresetError
+
+EPILOG = """commands:
+  cockpit                          the terminal app on the workspace
+  cockpit run PRESET               walk the ladder; prints each stage's verdict
+  cockpit ls                       the workspace's runs
+  cockpit kill RUN...              stop runs and every process they started
+  cockpit fork RUN --set K=V       a child run from RUN's resolved preset (--warm: from its checkpoint)
+  cockpit ablate PRESET --grid K=V1,V2   one run per grid point, N at a time
+
+workspace: --workspace DIR, else $COCKPIT_WORKSPACE, else ./runs
+exit codes: 0 no stage failed · 1 a stage failed, the run died or was killed · 2 bad preset or arguments"""
+
+
+class UsageError(Exception):
+    """Wrong arguments: exit 2 with one sentence."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ws = argparse.ArgumentParser(add_help=False)
+    ws.add_argument("--workspace", metavar="DIR", help="where runs live (default: $COCKPIT_WORKSPACE or ./runs)")
+
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a preset key by dotted path; VALUE is YAML (repeatable)")
+    sets.add_argument("--stages", metavar="a,b,...", help="run only these stages, in this order")
+
+    p = argparse.ArgumentParser(
+        prog="cockpit", parents=[ws],
+        description="A terminal cockpit for training runs: the ladder of sanity checks, per-batch "
+                    "curves, GPU vs data-loader wait, parallel ablations.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[ws, sets], help="walk the ladder on a preset",
+                         description="Start an engine on PRESET and print each stage's verdict as it lands.")
+    run.add_argument("preset", metavar="PRESET", help="a YAML preset, e.g. presets/quickstart.yaml")
+    run.add_argument("--detach", action="store_true", help="leave the run going in the background and return")
+
+    ls = sub.add_parser("ls", parents=[ws], help="list the workspace's runs")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    kill = sub.add_parser("kill", parents=[ws], help="stop runs and every process they started")
+    kill.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix will do)")
+
+    fork = sub.add_parser("fork", parents=[ws, sets], help="a child run from RUN's resolved preset")
+    fork.add_argument("run", metavar="RUN")
+    fork.add_argument("--warm", action="store_true", help="start from RUN's latest checkpoint")
+    fork.add_argument("--detach", action="store_true", help="return at once instead of following the child")
+
+    ab = sub.add_parser("ablate", parents=[ws, sets], help="one run per grid point")
+    ab.add_argument("preset", metavar="PRESET")
+    ab.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="values to try for KEY (several --grid make a product)")
+    ab.add_argument("--parallel", type=int, metavar="N", help="runs at a time (default: one per free GPU, else 1)")
+    ab.add_argument("--detach", action="store_true", help="queue the runs and return")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command is None:
+            from cockpit.app import run_app
+
+            return run_app(args.workspace)
+        handler = {"run": cmd_run, "ls": cmd_ls, "kill": cmd_kill, "fork": cmd_fork, "ablate": cmd_ablate}
+        return handler[args.command](args)
+    except (PresetError, UsageError, LookupError) as e:
+        msg = str(e).strip("'\"") if isinstance(e, LookupError) else str(e)
+        print(f"cockpit: {msg}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------- commands
+
+
+def parse_sets(sets: list[str]) -> dict:
+    from engine.preset import parse_override
+
+    return dict(parse_override(s) for s in sets)
+
+
+def parse_stages(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    from engine.preset import check_stage_names
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise UsageError("--stages needs stage names, e.g. --stages init,overfit_one")
+    return check_stage_names(names)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cockpit.launch import create_run, start_engine
+    from engine import preset as presets
+    from engine.runfolder import resolve_workspace
+
+    overrides = parse_sets(args.sets)
+    preset = presets.load(args.preset, overrides)
+    stages = parse_stages(args.stages)
+    folder = create_run(resolve_workspace(args.workspace), preset, overrides=overrides, stages=stages)
+    proc = start_engine(folder)
+    if args.detach:
+        print(f"{folder.run_id} started in the background · {folder.path}")
+        print(f"  watch it: cockpit   ·   stop it: cockpit kill {folder.run_id}")
+        return 0
+    return watch(folder, proc)
+
+
+def watch(folder, proc) -> int:
+    """Follow one run on the console; Ctrl-C stops it (twice: at once)."""
+    from cockpit import launch
+    from cockpit.console import COLOR, Printer, follow
+
+    p = Printer()
+    summary = folder.summary()
+    p.line(f"▸ {p.paint(folder.run_id, '1')}  ·  {folder.path}")
+    interrupts = {"n": 0, "at": 0.0}
+
+    def on_interrupt() -> None:
+        interrupts["n"] += 1
+        if interrupts["n"] == 1:
+            interrupts["at"] = time.monotonic()
+            p.line(p.paint("  stopping at the next step boundary (Ctrl-C again to kill it now)…", "33"))
+            eng = launch.engine_process(folder)
+            if eng is not None:
+                import signal
+
+                eng.send_signal(signal.SIGTERM)
+        else:
+            launch.stop(folder, force=True)
+
+    def tick() -> None:
+        if interrupts["n"] == 1 and time.monotonic() - interrupts["at"] > launch.GRACE_S:
+            launch.stop(folder, force=True)
+
+    summary = follow(folder, proc, p, on_interrupt=on_interrupt, tick=tick)
+    rc = proc.wait() if proc is not None else None
+    if interrupts["n"]:
+        launch.mark_killed_if_live(folder)
+        summary = folder.summary()
+    status = summary.get("status", "error")
+    if summary.get("error_kind") == "preset" or rc == 2:
+        p.line()
+        print(f"cockpit: {summary.get('reason') or 'the preset is wrong (see engine.log)'}", file=sys.stderr)
+        return 2
+    if status in ("queued", "running"):  # the engine died without a word
+        status = "error"
+        summary["reason"] = f"the engine exited with code {rc} without finishing; see {folder.file('engine.log')}"
+    took = (summary.get("ended") or time.time()) - (summary.get("started") or summary.get("created") or time.time())
+    n = len(summary.get("stages", []))
+    tail = f" — {summary['reason']}" if status != "passed" and summary.get("reason") else ""
+    p.line(f"{p.paint(status, COLOR.get(status, '0'))} · {n} stage{'s' if n != 1 else ''} in {took:.1f} s{tail}")
+    p.line(p.paint(f"  run folder: {folder.path}", "2"))
+    return 0 if status == "passed" else 1
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}g}"
+
+
+def _age(t: float) -> str:
+    s = max(0, time.time() - t)
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    if s < 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from engine.runfolder import iter_runs, resolve_workspace
+
+    ws = resolve_workspace(args.workspace)
+    snaps = [r.snapshot() for r in iter_runs(ws)]
+    if args.json:
+        print(json.dumps([s.to_json() for s in snaps], indent=1))
+        return 0
+    if not snaps:
+        print(f"no runs in {ws} — start one with: cockpit run presets/quickstart.yaml")
+        return 0
+    rows = [("RUN", "PRESET", "STATUS", "STAGE", "STEP", "TRAIN", "VAL", "METRIC", "AGE")]
+    for s in snaps:
+        metric = f"{s.metric_name} {_fmt(s.metric, 3)}" if s.metric_name else "-"
+        status = s.status + (f" ({s.queue})" if s.status == "queued" and s.queue else "")
+        rows.append((s.run_id, s.preset, status, s.stage or "-", str(s.step or "-"),
+                     _fmt(s.train_loss), _fmt(s.val_loss), metric, _age(s.created)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from cockpit.launch import stop
+    from engine.runfolder import find_run, resolve_workspace
+
+    ws = resolve_workspace(args.workspace)
+    folders = [find_run(ws, ref) for ref in args.runs]
+    code = 0
+    for f in folders:
+        t0 = time.monotonic()
+        was_running = stop(f)
+        if was_running:
+            print(f"{f.run_id}: killed in {time.monotonic() - t0:.1f} s (data kept in {f.path})")
+        else:
+            status = f.state().get("status")
+            print(f"{f.run_id}: not running ({status})")
+    return code
+
+
+def cmd_fork(args: argparse.Namespace) -> int:
+    from cockpit.fork import fork_run
+    from engine.runfolder import find_run, resolve_workspace
+
+    ws = resolve_workspace(args.workspace)
+    parent = find_run(ws, args.run)
+    folder, proc = fork_run(ws, parent, parse_sets(args.sets), warm=args.warm, stages=parse_stages(args.stages))
+    if args.detach:
+        print(f"{folder.run_id} forked from {parent.run_id} · {folder.path}")
+        return 0
+    return watch(folder, proc)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from cockpit.ablate import run_ablation
+
+    return run_ablation(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Forks: a child run from a parent's resolved preset plus overrides, optionally warm."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cockpit.launch import create_run, start_engine
+from engine.preset import Preset, apply_overrides, loads, validate
+from engine.runfolder import RunFolder
+
+
+def parent_preset(parent: RunFolder) -> Preset:
+    """The parent's resolved preset, reported against the parent's original file name."""
+    request = parent.request()
+    text = parent.preset_text()
+    if not text:
+        raise LookupError(f"run {parent.run_id} has no preset.yaml to fork from")
+    preset = loads(text, parent.file("preset.yaml"))
+    source = request.get("preset_path")
+    if source:  # keep the original path so the child's folder is importable the same way
+        preset = Preset(preset.data, Path(source), {}, {})
+    return preset
+
+
+def fork_run(workspace: Path, parent: RunFolder, overrides: dict[str, Any], *, warm: bool = False,
+             stages: list[str] | None = None, start: bool = True
+             ) -> tuple[RunFolder, subprocess.Popen | None]:
+    """Create (and start) a child of ``parent``; ``warm`` restores its latest checkpoint."""
+    base = parent_preset(parent)
+    preset = apply_overrides(base, overrides) if overrides else base
+    validate(preset)
+    warm_from, fork_step = None, 0
+    if warm:
+        ckpt = parent.latest_checkpoint()
+        if ckpt is None:
+            raise LookupError(
+                f"run {parent.run_id} has no checkpoint to start warm from (only the train stage "
+                "writes them); fork without --warm, or run the parent with --stages train"
+            )
+        warm_from, fork_step = ckpt["path"], int(ckpt.get("step", 0))
+    inherited = dict(parent.summary().get("overrides") or {})
+    inherited.update(overrides)
+    req = parent.request()
+    if stages is None:
+        stages = ["train"] if warm else req.get("stages")
+    folder = create_run(
+        workspace, preset, overrides=inherited, stages=stages, parent=parent.run_id,
+        fork_step=fork_step, warm_from=warm_from, group=req.get("group"),
+        extra={"preset_dir": req.get("preset_dir") or str(preset.folder)},
+    )
+    proc = start_engine(folder) if start else None
+    return folder, proc

@@ -1,0 +1,5 @@
+import sys
+
+from engine.runner import main
+
+sys.exit(main())

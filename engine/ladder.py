@@ -1,0 +1,129 @@
+"""The ladder's stages, their settings and defaults — torch-free.
+
+The terminal app validates presets without importing torch, so each stage's settings live
+here as a dataclass; the stage's code lives in ``engine/stages/<name>.py`` and is imported
+only inside the engine process. Adding a stage: one settings class and one ``STAGES`` line
+here, one module under ``engine/stages/``.
+
+Every field carries a one-line ``doc``: README's stage table and error messages use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    samples: int = _f(512, "train samples inspected for shapes, dtypes, ranges and imbalance")
+    overlap_samples: int = _f(2000, "samples per split hashed to find train/val overlap")
+    batches: int = _f(4, "batches averaged for the loss at init")
+    max_params: int = _f(1_000_000, "warn above this many parameters: start simple")
+    loss_tolerance: float = _f(0.5, "warn when the loss at init is off its expected value by more than this fraction")
+    imbalance_ratio: float = _f(3.0, "warn when the most frequent class outnumbers the rarest by more than this")
+
+
+@dataclass(frozen=True)
+class BatchIndependenceSettings:
+    batch: int = _f(4, "samples in the probe batch")
+    tolerance: float = _f(1e-6, "largest allowed leak, relative to the sample's own gradient")
+
+
+@dataclass(frozen=True)
+class OverfitSettings:
+    samples: int = _f(1, "train samples to memorise")
+    steps: int = _f(300, "step budget")
+    seconds: float = _f(30.0, "wall-time budget")
+    lr: float | None = _f(None, "learning rate (default: the preset's)")
+    reach: float = _f(0.02, "pass once the loss falls to this fraction of its first value")
+
+
+@dataclass(frozen=True)
+class OverfitFewSettings(OverfitSettings):
+    samples: int = _f(8, "train samples to memorise (5–10 in the recipe)")
+    steps: int = _f(400, "step budget")
+    seconds: float = _f(40.0, "wall-time budget")
+
+
+@dataclass(frozen=True)
+class GeneralizeSettings:
+    steps: int = _f(400, "step budget on the full train set")
+    seconds: float = _f(45.0, "wall-time budget")
+    val_every: int = _f(1, "a random val batch every this many steps")
+    eval_every: int = _f(100, "full-val metrics every this many steps (and at both ends)")
+    margin: float = _f(0.02, "val loss must fall by at least this fraction of its start, and by more than its noise")
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    batches: int = _f(30, "batches per measurement (data only, compute only, real loop)")
+    seconds: float = _f(10.0, "wall-time cap per measurement")
+    max_batch_s: float = _f(1.0, "fail when one batch of the real loop takes longer than this")
+    data_bound: float = _f(0.3, "warn when the loop waits on data more than this share of the time")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = _f(1000, "steps to train (no early stop)")
+    seconds: float | None = _f(None, "optional wall-time cap")
+    val_every: int = _f(1, "a random val batch every this many steps (0: never)")
+    eval_every: int = _f(200, "full-val metrics every this many steps (0: only at the end)")
+    checkpoint_every: int = _f(500, "checkpoint every this many steps (0: only at the end)")
+
+
+@dataclass(frozen=True)
+class MultiGpuSettings:
+    steps: int = _f(20, "steps compared between DDP and one process on the same global batch")
+    tolerance: float = _f(1e-3, "largest relative gap between the two loss trajectories")
+    batches: int = _f(20, "batches timed for the throughput scaling")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage as the preset and the engine see it."""
+
+    name: str
+    settings: type
+    impl: str  # "module:Class", imported only inside the engine
+    summary: str
+
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in [
+        StageSpec("init", InitSettings, "engine.stages.init:InitStage",
+                  "data sanity, val determinism, train/val overlap, imbalance, size, tricks, loss at init, dead parameters"),
+        StageSpec("batch_independence", BatchIndependenceSettings,
+                  "engine.stages.batch_independence:BatchIndependenceStage",
+                  "no sample's output depends on another sample's input"),
+        StageSpec("overfit_one", OverfitSettings, "engine.stages.overfit:OverfitOneStage",
+                  "one sample, regularizers off: the loss must reach ~0"),
+        StageSpec("overfit_few", OverfitFewSettings, "engine.stages.overfit:OverfitFewStage",
+                  "5–10 samples: the loss must still reach ~0, so the output depends on the input"),
+        StageSpec("generalize", GeneralizeSettings, "engine.stages.generalize:GeneralizeStage",
+                  "full data: val loss falls by more than noise and beats the majority baseline"),
+        StageSpec("speed", SpeedSettings, "engine.stages.speed:SpeedStage",
+                  "data-only vs compute-only vs the real loop: names the bottleneck"),
+        StageSpec("train", TrainSettings, "engine.stages.train:TrainStage",
+                  "plain training with per-batch logging, full-val metrics and checkpoints"),
+        StageSpec("multi_gpu", MultiGpuSettings, "engine.stages.multi_gpu:MultiGpuStage",
+                  "DDP keeps ranks identical, matches one process, and scales"),
+    ]
+}
+
+DEFAULT_LADDER = ["init", "batch_independence", "overfit_one", "overfit_few", "generalize", "speed"]
+
+
+def settings_fields(name: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(STAGES[name].settings)}
+
+
+def stage_settings(name: str, values: dict[str, Any] | None) -> Any:
+    """The stage's settings dataclass filled from a validated preset section."""
+    return STAGES[name].settings(**(values or {}))

@@ -1,0 +1,481 @@
+"""Presets: YAML loading, validation and ``--set`` overrides — torch-free.
+
+Every mistake a user can make in a preset becomes one :class:`PresetError` whose message
+names the file, the key, the line, what was expected and, for typos, the closest valid key.
+Whether a ``_target_`` can be imported is checked later, in the engine (it needs the
+user's modules and usually torch); that check raises the same error.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.ladder import DEFAULT_LADDER, STAGES, settings_fields
+
+TASKS = ("classification", "segmentation", "regression")
+
+
+class PresetError(Exception):
+    """A mistake in a preset or an override; the message is the whole story for the user."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; every ML config means a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value, parsed as YAML (so ``3e-4`` is a float and ``[a, b]`` a list)."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    if isinstance(value, str):
+        return f"'{value}' (text)"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" — did you mean '{match[0]}'?" if match else ""
+
+
+# ---------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Key:
+    """One top-level preset key: what it accepts, its default, one line of doc."""
+
+    check: str  # name of a checker below
+    default: Any
+    doc: str
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    rule: str = field(default="none", metadata={"doc": "'median': stop a run whose metric is worse than the median of its peers at the same step"})
+    metric: str = field(default="val_loss", metadata={"doc": "what to compare: val_loss, or a full-val metric such as accuracy"})
+    warmup_steps: int = field(default=100, metadata={"doc": "never prune before this step"})
+    every: int = field(default=100, metadata={"doc": "compare at every this many steps"})
+    min_peers: int = field(default=2, metadata={"doc": "runs that must have reached the step before one is compared"})
+
+
+SCHEMA: dict[str, Key] = {
+    "name": Key("str", None, "shown in the app and used in run ids (default: the file's stem)"),
+    "task": Key("choice", "classification", "decides the default loss, the metrics and the checks", TASKS),
+    "seed": Key("int", 0, "seeds torch, python and the data order"),
+    "device": Key("device", "auto", "auto | cpu | cuda | cuda:N"),
+    "gpus": Key("nonneg_int", 1, "GPUs the run needs (0 = CPU); more than 1 trains under DDP"),
+    "model": Key("target", None, "the model: target(**rest)"),
+    "data": Key("target", None, "returns (train_set, val_set): target(**rest)"),
+    "loss": Key("target", None, "default: cross-entropy (classification, segmentation), MSE (regression)"),
+    "optimizer": Key("target", {"_target_": "torch.optim.Adam", "lr": 1e-3}, "target(model.parameters(), **rest)"),
+    "scheduler": Key("target", None, "optional LR schedule, target(optimizer, **rest), stepped every batch"),
+    "batch_size": Key("pos_int", 32, "train batch size"),
+    "val_batch_size": Key("pos_int", None, "val batch size (default: batch_size)"),
+    "num_workers": Key("nonneg_int", 0, "DataLoader workers (0 loads in the training process)"),
+    "pin_memory": Key("auto_bool", "auto", "pin host memory for faster copies (auto: on with CUDA)"),
+    "persistent_workers": Key("auto_bool", "auto", "keep workers between epochs (auto: on when num_workers > 0)"),
+    "prefetch_factor": Key("pos_int", None, "batches each worker loads ahead (PyTorch's default: 2)"),
+    "grad_clip": Key("pos_float", None, "clip the gradient norm to this value"),
+    "stages": Key("stages", None, "stages to run, in order (default: the whole ladder)"),
+    "ablations": Key("ablations", None, "a list of override mappings, one run each, for `cockpit ablate`"),
+    "prune": Key("section", None, "pruning rule for ablations"),
+}
+SECTIONS: dict[str, type] = {"prune": PruneSettings}
+REQUIRED = ("model", "data")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _check_top(key: str, spec: Key, value: Any) -> str | None:
+    """What the value should have been, or None when it fits."""
+    c = spec.check
+    if value is None and spec.default is None and c not in ("target",):
+        return None
+    if c == "str":
+        return None if isinstance(value, str) and value else "non-empty text"
+    if c == "choice":
+        return None if value in spec.choices else "one of " + ", ".join(spec.choices)
+    if c == "int":
+        return None if _is_int(value) else "an integer"
+    if c == "nonneg_int":
+        return None if _is_int(value) and value >= 0 else "an integer ≥ 0"
+    if c == "pos_int":
+        return None if _is_int(value) and value > 0 else "an integer > 0"
+    if c == "pos_float":
+        return None if _is_num(value) and value > 0 else "a number > 0"
+    if c == "device":
+        return None if isinstance(value, str) and _DEVICE.match(value) else "auto, cpu, cuda or cuda:N"
+    if c == "auto_bool":
+        return None if isinstance(value, bool) or value == "auto" else "true, false or auto"
+    if c == "target":
+        return None  # checked in detail by _check_target
+    if c == "stages":
+        return None if isinstance(value, list) else "a list of stage names, e.g. [init, overfit_one]"
+    if c == "ablations":
+        ok = isinstance(value, list) and all(isinstance(a, dict) for a in value)
+        return None if ok else "a list of mappings of dotted keys to values, e.g. [{optimizer.lr: 3e-4}]"
+    if c == "section":
+        return None if isinstance(value, dict) else "a mapping"
+    raise AssertionError(c)
+
+
+def _annotation_fits(annotation: Any, value: Any) -> str | None:
+    """Check a settings value against its dataclass annotation (str under PEP 563)."""
+    hint = annotation if not isinstance(annotation, str) else eval(  # noqa: S307 - our own annotations
+        annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None}
+    )
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        return None if type(None) in options or None in options else _describe(options)
+    for opt in options:
+        if opt is float and _is_num(value):
+            return None
+        if opt is int and _is_int(value):
+            return None
+        if opt is bool and isinstance(value, bool):
+            return None
+        if opt is str and isinstance(value, str):
+            return None
+    return _describe(options)
+
+
+def _describe(options: tuple) -> str:
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "text"}
+    parts = [names[o] for o in options if o in names]
+    if type(None) in options or None in options:
+        parts.append("null")
+    return " or ".join(parts)
+
+
+# ---------------------------------------------------------------- the preset
+
+
+@dataclass
+class Preset:
+    """A loaded preset: its data, where it came from, and where each key was written."""
+
+    data: dict[str, Any]
+    path: Path
+    lines: dict[str, int] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # dotted key -> "--set k=v"
+
+    @property
+    def name(self) -> str:
+        return self.data.get("name") or self.path.stem
+
+    @property
+    def folder(self) -> Path:
+        return self.path.resolve().parent
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in SCHEMA and key not in self.data:
+            d = SCHEMA[key].default
+            return copy.deepcopy(d) if d is not None else default
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def stages(self) -> list[str]:
+        return list(self.data.get("stages") or DEFAULT_LADDER)
+
+    def stage_values(self, name: str) -> dict[str, Any]:
+        return dict(self.data.get(name) or {})
+
+    def where(self, key: str) -> str:
+        """'file, line N' (or the override that set it) for messages."""
+        if key in self.origins:
+            return f"{self.path} ({self.origins[key]})"
+        probe = key
+        while probe:
+            if probe in self.lines:
+                return f"{self.path}, line {self.lines[probe]}"
+            probe = probe.rpartition(".")[0]
+        return str(self.path)
+
+    def error(self, key: str, message: str) -> PresetError:
+        return PresetError(f"{self.where(key)}: {message}")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Preset:
+    """Read, override and validate a preset; raise PresetError on any mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        hint = _near_files(path)
+        raise PresetError(f"{path}: no such preset file{hint}.") from None
+    except OSError as e:
+        raise PresetError(f"{path}: cannot read the preset ({e.strerror}).") from None
+    preset = loads(text, path)
+    if overrides:
+        preset = apply_overrides(preset, overrides)
+    validate(preset)
+    return preset
+
+
+def _near_files(path: Path) -> str:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f" (the folder {folder} does not exist either)"
+    names = [p.name for p in folder.glob("*.y*ml")]
+    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.5)
+    if match:
+        return f" — did you mean {folder / match[0]}?"
+    if names:
+        return f"; presets in {folder}: {', '.join(sorted(names)[:6])}"
+    return ""
+
+
+def loads(text: str, path: Path) -> Preset:
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise PresetError(f"{path}{where}: YAML syntax error: {problem}.") from None
+    except yaml.YAMLError as e:
+        raise PresetError(f"{path}: YAML syntax error: {e}.") from None
+    if node is None:
+        raise PresetError(f"{path}: the preset is empty; it needs at least model and data.")
+    if not isinstance(node, yaml.MappingNode):
+        line = node.start_mark.line + 1
+        raise PresetError(
+            f"{path}, line {line}: a preset is a mapping of keys (model:, data:, ...), not {node.id}."
+        )
+    lines: dict[str, int] = {}
+    _record_lines(node, "", lines, path)
+    data = yaml.load(text, Loader=_Loader)
+    return Preset(data=data, path=path, lines=lines)
+
+
+def _record_lines(node: yaml.Node, prefix: str, out: dict[str, int], path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for knode, vnode in node.value:
+            key = str(knode.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            line = knode.start_mark.line + 1
+            if key in seen:
+                raise PresetError(f"{path}, line {line}: '{dotted}' is given twice; keep one.")
+            seen.add(key)
+            out[dotted] = line
+            _record_lines(vnode, dotted, out, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[f"{prefix}[{i}]"] = item.start_mark.line + 1
+            _record_lines(item, f"{prefix}[{i}]", out, path)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optimizer.lr=3e-4' -> ('optimizer.lr', 0.0003)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.match(r"^[A-Za-z_][\w.]*$", key) or ".." in key or key.endswith("."):
+        raise PresetError(
+            f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=3e-4."
+        )
+    return key, parse_value(value)
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
+    data = copy.deepcopy(preset.data)
+    origins = dict(preset.origins)
+    for key, value in overrides.items():
+        origin = f"--set {key}={_short(value)}"
+        parts = key.split(".")
+        top = parts[0]
+        if top not in SCHEMA and top not in STAGES:
+            raise PresetError(
+                f"{origin}: '{top}' is not a preset key{_suggest(top, [*SCHEMA, *STAGES])}"
+                + ("" if _suggest(top, [*SCHEMA, *STAGES]) else f"; keys: {', '.join(SCHEMA)}.")
+            )
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise PresetError(
+                    f"{origin}: '{'.'.join(parts[: i + 1])}' is {_kind(nxt)}, not a mapping, "
+                    "so it has no sub-keys to set."
+                )
+            node = nxt
+        node[parts[-1]] = value
+        origins[key] = origin
+    return Preset(data=data, path=preset.path, lines=preset.lines, origins=origins)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").strip()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate(preset: Preset) -> None:
+    data = preset.data
+    for key, value in data.items():
+        key = str(key)
+        if key in STAGES:
+            _check_settings(preset, key, value, settings_fields(key))
+            continue
+        if key not in SCHEMA:
+            hint = _suggest(key, [*SCHEMA, *STAGES])
+            raise preset.error(
+                key,
+                f"'{key}' is not a preset key{hint}"
+                + ("" if hint else f"; preset keys are {', '.join(SCHEMA)}, and one section per stage."),
+            )
+        spec = SCHEMA[key]
+        expected = _check_top(key, spec, value)
+        if expected:
+            raise preset.error(key, f"{key} must be {expected}, got {_kind(value)}.")
+        if spec.check == "target" and value is not None:
+            _check_target(preset, key, value)
+        if spec.check == "section" and value is not None:
+            fields = {f.name: f for f in dataclasses.fields(SECTIONS[key])}
+            _check_settings(preset, key, value, fields)
+        if key == "stages":
+            _check_stage_list(preset, value)
+        if key == "ablations":
+            for i, entry in enumerate(value):
+                for dotted in entry:
+                    top = str(dotted).split(".")[0]
+                    if top not in SCHEMA and top not in STAGES:
+                        raise preset.error(
+                            f"ablations[{i}]",
+                            f"ablation {i + 1} sets '{dotted}', but '{top}' is not a preset key"
+                            f"{_suggest(top, [*SCHEMA, *STAGES])}",
+                        )
+    for key in REQUIRED:
+        if data.get(key) is None:
+            raise PresetError(
+                f"{preset.path}: the preset has no '{key}'; add e.g. "
+                f"{key}: {{_target_: mytask.{'MLP' if key == 'model' else 'make_data'}}}."
+            )
+    if data.get("persistent_workers") is True and not data.get("num_workers"):
+        raise preset.error(
+            "persistent_workers",
+            "persistent_workers: true needs num_workers > 0; set num_workers or drop persistent_workers.",
+        )
+
+
+def _check_target(preset: Preset, key: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise preset.error(
+            key,
+            f"{key} must be a mapping with a _target_, e.g. {key}: {{_target_: mytask.Thing}}, "
+            f"got {_kind(value)}.",
+        )
+    target = value.get("_target_")
+    if target is None:
+        hint = _suggest("_target_", [str(k) for k in value])
+        raise preset.error(
+            key,
+            f"{key} has no _target_{hint if hint else ''}; add the dotted path of what builds it, "
+            f"e.g. _target_: mytask.{'Model' if key == 'model' else 'thing'}.",
+        )
+    if not isinstance(target, str) or not re.match(r"^[A-Za-z_][\w]*([.:][A-Za-z_]\w*)+$", target):
+        raise preset.error(
+            f"{key}._target_",
+            f"{key}._target_ must be a dotted path such as torch.optim.Adam or mytask:make_data, "
+            f"got {_kind(target)}.",
+        )
+
+
+def _check_stage_list(preset: Preset, value: list) -> None:
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or name not in STAGES:
+            raise preset.error(
+                f"stages[{i}]",
+                f"stages: '{name}' is not a stage{_suggest(str(name), STAGES)}; stages are "
+                f"{', '.join(STAGES)}.",
+            )
+
+
+def _check_settings(preset: Preset, section: str, value: Any, fields: dict) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise preset.error(section, f"{section} must be a mapping of settings, got {_kind(value)}.")
+    for key, v in value.items():
+        dotted = f"{section}.{key}"
+        if key not in fields:
+            hint = _suggest(str(key), fields)
+            raise preset.error(
+                dotted,
+                f"'{key}' is not a setting of {section}{hint}"
+                + ("" if hint else f"; its settings are {', '.join(fields)}."),
+            )
+        expected = _annotation_fits(fields[key].type, v)
+        if expected:
+            raise preset.error(dotted, f"{dotted} must be {expected}, got {_kind(v)}.")
+        if _is_num(v) and v < 0:
+            raise preset.error(dotted, f"{dotted} must not be negative, got {v}.")
+
+
+def check_stage_names(names: list[str]) -> list[str]:
+    """Validate ``--stages a,b``; raise PresetError with a suggestion."""
+    for name in names:
+        if name not in STAGES:
+            raise PresetError(
+                f"--stages: '{name}' is not a stage{_suggest(name, STAGES)}; stages are "
+                f"{', '.join(STAGES)}."
+            )
+    return names

@@ -1,0 +1,235 @@
+"""The engine process: walk the ladder for one run folder.
+
+``python -m engine RUN_DIR`` reads ``run.json`` and ``preset.yaml`` from the folder (the
+launcher wrote them), waits for a device slot, then runs the stages, rewriting summary.json
+as each verdict lands. Exit codes: 0 no stage failed, 1 a stage failed / the run crashed /
+it was killed, 2 the preset is wrong (a clear message in summary.json and events.jsonl).
+
+Stopping: SIGTERM, SIGINT or SIGHUP set a flag that the loop checks at every step boundary;
+the stage saves what it can and the run ends as ``killed``. Whoever sent the signal kills the
+whole process tree after a grace period, so no DataLoader worker outlives us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from engine.ladder import STAGES, stage_settings
+from engine.preset import Preset, PresetError, loads, validate
+from engine.runfolder import JsonlAppender, RunFolder
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Runner:
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self.request = folder.request()
+        self.summary: dict[str, Any] = folder.summary() or {}
+        self.events = JsonlAppender(folder.file("events.jsonl"))
+        self.stop_requested = False
+        self.ctx = None
+        self.lease = None
+
+    # ---- bookkeeping -------------------------------------------------------------
+    def event(self, kind: str, **data: Any) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": kind, **data})
+
+    def save(self, **changes: Any) -> None:
+        self.summary.update(changes)
+        self.folder.write_summary(self.summary)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+        if self.ctx is not None:
+            self.ctx.stop_requested = True
+        log(f"received {signal.Signals(signum).name}: stopping at the next step boundary")
+
+    # ---- the run -----------------------------------------------------------------
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.on_signal)
+        self.save(status="queued", pid=os.getpid(), host=socket.gethostname())
+        try:
+            code = self._run()
+        except BaseException as e:  # noqa: BLE001 - a bug in the engine: log it, record it
+            log("engine crashed:\n" + traceback.format_exc())
+            self.finish("error", f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)")
+            code = 1
+        return code
+
+    def _run(self) -> int:
+        from engine import slots
+
+        self.lease = slots.acquire(self.folder, self.request, lambda: self.stop_requested,
+                                   on_wait=lambda note: self.save(status="queued", queue=note))
+        if self.lease is None or self.stop_requested:
+            return self.finish("killed", "stopped while queued")
+        self.save(status="running", started=time.time(), queue=None)
+        self.event("run_start", pid=os.getpid(), gpus=self.lease.gpus)
+        log(f"run {self.folder.run_id} starting (pid {os.getpid()})")
+        try:
+            preset = self.load_preset()
+            return self.ladder(preset)
+        except PresetError as e:
+            log(f"preset error: {e}")
+            self.event("error", kind="preset", message=str(e))
+            self.finish("error", str(e), error_kind="preset")
+            return 2
+        finally:
+            if self.lease is not None:
+                self.lease.release()
+
+    def load_preset(self) -> Preset:
+        """The resolved preset; messages point at the user's file while it is unchanged."""
+        resolved = self.folder.file("preset.yaml")
+        text = resolved.read_text()
+        preset = loads(text, resolved)
+        source = self.request.get("preset_path")
+        if source and Path(source).is_file():
+            src_text = Path(source).read_text()
+            if hashlib.sha256(src_text.encode()).hexdigest() == self.request.get("preset_sha256"):
+                original = loads(src_text, Path(source))
+                preset = Preset(preset.data, Path(source), original.lines,
+                                {k: f"--set {k}" for k in self.request.get("overrides", {})})
+        validate(preset)
+        folder = self.request.get("preset_dir")
+        from engine.targets import add_import_path
+
+        if folder:
+            add_import_path(Path(folder))
+        return preset
+
+    def ladder(self, preset: Preset) -> int:
+        import torch  # noqa: F401 - the first heavy import, after the slot is ours
+
+        from engine.context import RunContext, Stopped, UserCodeError
+        from engine.stages.base import Verdict
+
+        names = self.request.get("stages") or preset.stages()
+        self.save(stages=[], stage_names=names)
+        try:
+            ctx = RunContext(preset, self.folder, names, self.request)
+        except UserCodeError as e:
+            self.event("error", kind="data", message=str(e))
+            return self.finish("failed", f"building the data failed: {e}")
+        except PresetError:
+            raise
+        except Exception as e:
+            log("building the data failed:\n" + traceback.format_exc())
+            msg = f"building the data failed: {type(e).__name__}: {e} (traceback in engine.log)"
+            self.event("error", kind="data", message=msg)
+            return self.finish("failed", msg)
+        self.ctx = ctx
+        ctx.stop_requested = self.stop_requested
+        self.folder.write_steps_header()
+        self.save(device=str(ctx.device), task=ctx.task,
+                  train_size=len(ctx.data.train), val_size=len(ctx.data.val))
+        warm = self.request.get("warm_from")
+        if warm:
+            from engine import checkpoint
+
+            ctx.warm = checkpoint.load(warm, ctx.device)
+        from engine.telemetry import TelemetrySampler
+
+        sampler = TelemetrySampler(self.folder.file("telemetry.jsonl"), ctx.meter, ctx.device)
+        sampler.start()
+        status, reason = "passed", ""
+        try:
+            for i, name in enumerate(names):
+                ctx.stage_index = i
+                verdict, seconds = self.run_stage(ctx, name, Verdict, Stopped, UserCodeError)
+                if verdict is None:
+                    return self.finish("killed", f"stopped during {name}")
+                record = {"name": name, **verdict.to_json(), "seconds": round(seconds, 2)}
+                self.summary["stages"].append(record)
+                ctx.verdicts[name] = verdict
+                self.event("stage_end", stage=name, **{k: v for k, v in record.items() if k != "name"})
+                self.save(current_stage=None)
+                log(f"{name}: {verdict.status} — {verdict.reason}")
+                if verdict.status == "fail":
+                    crashed = any(c.name == "crash" for c in verdict.checks)
+                    status = "error" if crashed else "failed"
+                    reason = f"{name}: {verdict.reason}"
+                    break
+                if self.stop_requested:
+                    return self.finish("killed", f"stopped after {name}")
+        finally:
+            sampler.stop()
+        return self.finish(status, reason)
+
+    def run_stage(self, ctx, name: str, Verdict, Stopped, UserCodeError):
+        spec = STAGES[name]
+        module, _, cls = spec.impl.partition(":")
+        stage = getattr(importlib.import_module(module), cls)(
+            stage_settings(name, ctx.preset.stage_values(name)))
+        self.event("stage_start", stage=name, index=ctx.stage_index)
+        self.save(current_stage=name)
+        log(f"{name}: started")
+        t0 = time.perf_counter()
+        try:
+            verdict = stage.run(ctx)
+        except Stopped:
+            return None, 0.0
+        except PresetError:
+            raise
+        except UserCodeError as e:
+            verdict = Verdict("fail", str(e))
+        except Exception as e:
+            if self.stop_requested:  # e.g. a DataLoader worker killed by the same signal
+                return None, 0.0
+            from engine.stages.base import Check
+
+            log(f"{name} crashed:\n" + traceback.format_exc())
+            where = _user_frame(e)
+            verdict = Verdict("fail", f"crashed: {type(e).__name__}: {_first_line(e)}{where} (traceback in engine.log)",
+                              [Check("crash", "fail", f"{type(e).__name__}: {_first_line(e)}{where}")])
+        return verdict, time.perf_counter() - t0
+
+    def finish(self, status: str, reason: str, **extra: Any) -> int:
+        self.save(status=status, reason=reason, ended=time.time(), current_stage=None, **extra)
+        self.event("run_end", status=status, reason=reason)
+        log(f"run {status}" + (f": {reason}" if reason else ""))
+        if extra.get("error_kind") == "preset":
+            return 2
+        return 0 if status == "passed" else 1
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _user_frame(e: BaseException) -> str:
+    """' (in mytask.py:42, forward)' — the innermost frame outside torch and the engine."""
+    tb = traceback.extract_tb(e.__traceback__)
+    for frame in reversed(tb):
+        f = frame.filename
+        if "site-packages" in f or f"{os.sep}engine{os.sep}" in f or f.startswith("<"):
+            continue
+        return f" (in {Path(f).name}:{frame.lineno}, {frame.name})"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m engine RUN_DIR  (cockpit run starts this for you)", file=sys.stderr)
+        return 2
+    folder = RunFolder(argv[0])
+    if not folder.file("run.json").is_file():
+        print(f"{argv[0]}: not a run folder (no run.json)", file=sys.stderr)
+        return 2
+    return Runner(folder).run()
+

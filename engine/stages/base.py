@@ -1,0 +1,99 @@
+"""A stage: a name, settings with defaults, and ``run(ctx) -> Verdict`` with evidence."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from engine.context import RunContext
+
+ORDER = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # pass | warn | fail | skip
+    detail: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+@dataclass
+class Verdict:
+    status: str  # pass | warn | fail | skip
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "checks": [c.to_json() for c in self.checks],
+            "metrics": {k: (float(v) if v is not None and math.isfinite(float(v)) else None)
+                        for k, v in self.metrics.items()},
+        }
+
+
+def worst(checks: list[Check]) -> str:
+    status = "pass"
+    for c in checks:
+        if ORDER[c.status] > ORDER[status]:
+            status = c.status
+    return status
+
+
+def from_checks(checks: list[Check], metrics: dict[str, float], ok_reason: str) -> Verdict:
+    """The stage's verdict is its worst check; the reason is that check's detail."""
+    status = worst(checks)
+    if status == "pass":
+        return Verdict("pass", ok_reason, checks, metrics)
+    bad = [c for c in checks if c.status == status]
+    reason = bad[0].detail
+    if len(bad) > 1:
+        reason += f" (+{len(bad) - 1} more {status}{'s' if len(bad) > 2 else ''})"
+    return Verdict(status, reason, checks, metrics)
+
+
+class Stage:
+    """Subclasses set ``name`` and implement ``run``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+
+    def run(self, ctx: RunContext) -> Verdict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A loss or metric for humans: 3 significant digits, 'nan' spelled out."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def secs(x: float) -> str:
+    """Durations for humans: '0.17 ms', '7.5 ms', '1.2 s'."""
+    if x is None or not math.isfinite(x):
+        return "?"
+    if x < 1e-3:
+        return f"{x * 1e6:.0f} µs"
+    if x < 1.0:
+        return f"{x * 1e3:.3g} ms"
+    return f"{x:.3g} s"
+
+
+def mean(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else math.nan

@@ -1,0 +1,127 @@
+"""Is the data loader or backprop the bottleneck? One batch must take under a second.
+
+Three measurements of ``batches`` batches each: the loader alone (data only), one batch
+replayed on the device (compute only), and the real loop. The verdict names the bottleneck,
+the seconds per batch, the share of the loop spent waiting on data, and what to change.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.context import RunContext, cpu_count
+from engine.loop import move, train_loop
+from engine.stages.base import Check, Stage, Verdict, fmt, from_checks, secs
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SpeedStage(Stage):
+    name = "speed"
+
+    def run(self, ctx: RunContext) -> Verdict:
+        s = self.settings
+        metrics: dict[str, float] = {}
+
+        # data only: a fresh loader, as the loop would see it (worker start-up timed apart)
+        loader = ctx.train_loader()
+        t0 = time.perf_counter()
+        it = iter(loader)
+        first = next(it)
+        t_first = time.perf_counter() - t0
+        n, t0 = 0, time.perf_counter()
+        deadline = t0 + s.seconds
+        from engine.loop import EpochIterator
+
+        data_iter = EpochIterator(loader)
+        data_iter.it = it
+        while n < s.batches and time.perf_counter() < deadline:
+            next(data_iter)
+            n += 1
+        data_s = (time.perf_counter() - t0) / max(n, 1)
+        del it, data_iter
+        metrics["data_s_per_batch"] = data_s
+        metrics["first_batch_s"] = t_first
+
+        # compute only: one batch replayed, forward + backward + step
+        model = ctx.build_model()
+        optimizer = ctx.build_optimizer(model)
+        x, y = move(first, ctx.device)
+        model.train()
+        for _ in range(2):  # warm-up: kernels, allocator, lazy init
+            self._step(ctx, model, optimizer, x, y)
+        _sync(ctx.device)
+        n, t0 = 0, time.perf_counter()
+        deadline = t0 + s.seconds
+        while n < s.batches and time.perf_counter() < deadline:
+            self._step(ctx, model, optimizer, x, y)
+            n += 1
+        _sync(ctx.device)
+        compute_s = (time.perf_counter() - t0) / max(n, 1)
+        metrics["compute_s_per_batch"] = compute_s
+
+        # the real loop (fresh loader, a random val batch each step as in training)
+        result = train_loop(ctx, model, optimizer, ctx.train_batches(), steps=s.batches + 1,
+                            seconds=s.seconds, val_batches=ctx.val_batches(), val_every=1)
+        rows = result.rows[1:] or result.rows  # the first step pays for start-up
+        step_s = sum(r.step_s for r in rows) / len(rows)
+        wait = sum(r.data_s for r in rows) / max(sum(r.step_s for r in rows), 1e-12)
+        metrics.update(loop_s_per_batch=step_s, data_wait_share=wait,
+                       batches_per_s=1 / step_s if step_s else 0.0)
+
+        checks = [self.check_batch_time(step_s)]
+        bottleneck = "data" if data_s > compute_s else "compute"
+        metrics["data_bound"] = 1.0 if bottleneck == "data" else 0.0
+        checks.append(self.check_data_wait(ctx, wait, data_s, compute_s, t_first))
+        summary = (f"{bottleneck}-bound: {secs(step_s)} per batch ({1 / step_s:.0f} batches/s), "
+                   f"data wait {100 * wait:.0f}% · data alone {secs(data_s)}, compute alone {secs(compute_s)} per batch")
+        verdict = from_checks(checks, metrics, summary)
+        if verdict.status != "pass":
+            verdict.reason = f"{verdict.reason} · {summary}"
+        return verdict
+
+    def _step(self, ctx, model, optimizer, x, y) -> None:
+        loss = ctx.loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def check_batch_time(self, step_s: float) -> Check:
+        limit = self.settings.max_batch_s
+        if step_s > limit:
+            return Check("batch_time", "fail",
+                         f"one batch takes {secs(step_s)}, over {limit:g} s: shrink the model or the batch "
+                         "until the ladder runs fast, then scale up")
+        return Check("batch_time", "pass", f"{secs(step_s)} per batch (limit {limit:g} s)")
+
+    def check_data_wait(self, ctx: RunContext, wait: float, data_s: float, compute_s: float,
+                        first_s: float) -> Check:
+        if wait <= self.settings.data_bound:
+            return Check("data_wait", "pass", f"the loop waits on data {100 * wait:.0f}% of the time")
+        return Check("data_wait", "warn",
+                     f"data-bound: the loop waits on the loader {100 * wait:.0f}% of the time "
+                     f"(data alone {secs(data_s)} per batch, compute alone {secs(compute_s)}) — "
+                     + "; ".join(advice(ctx, first_s)))
+
+
+def advice(ctx: RunContext, first_s: float) -> list[str]:
+    p = ctx.preset
+    workers = p.get("num_workers")
+    tips = []
+    if workers == 0:
+        tips.append(f"set num_workers (now 0; this machine has {cpu_count()} cores)")
+    elif workers < cpu_count() - 1:
+        tips.append(f"raise num_workers (now {workers} of {cpu_count()} cores)")
+    if ctx.device.type == "cuda" and p.get("pin_memory") is False:
+        tips.append("set pin_memory: true for faster host-to-GPU copies")
+    if workers > 0 and p.get("persistent_workers") is False:
+        tips.append(f"set persistent_workers: true (workers restart every epoch, {secs(first_s)} each time)")
+    if workers > 0:
+        tips.append(f"raise prefetch_factor (now {p.get('prefetch_factor') or 2})")
+    tips.append("make __getitem__ cheaper (decode or augment less, cache)")
+    return tips

@@ -1,0 +1,172 @@
+"""About once a second: the run's GPU through NVML, CPU and RAM through psutil, and the
+share of the last second the loop spent waiting on the data loader — one time axis.
+
+No GPU, no driver, no NVML library: one line in telemetry.jsonl says so, and sampling goes
+on with CPU and RAM only. NVML is initialised once and shut down at exit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from engine.runfolder import JsonlAppender
+
+
+class Nvml:
+    """A thin, failure-proof view of NVML for one or more devices."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.pynvml: Any = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.pynvml = pynvml
+        except ImportError:
+            self.error = "nvidia-ml-py is not installed"
+        except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            self.error = f"NVML unavailable: {e}"
+
+    @property
+    def ok(self) -> bool:
+        return self.pynvml is not None
+
+    def count(self) -> int:
+        if not self.ok:
+            return 0
+        try:
+            return self.pynvml.nvmlDeviceGetCount()
+        except Exception:
+            return 0
+
+    def handle(self, index: int | None = None, uuid: str | None = None) -> Any:
+        nv = self.pynvml
+        if uuid:
+            try:
+                return nv.nvmlDeviceGetHandleByUUID(uuid)
+            except Exception:
+                pass
+        return nv.nvmlDeviceGetHandleByIndex(index or 0)
+
+    def sample(self, handle: Any) -> dict[str, Any]:
+        nv = self.pynvml
+        out: dict[str, Any] = {}
+        for key, fn in (
+            ("util", lambda: nv.nvmlDeviceGetUtilizationRates(handle).gpu),
+            ("mem_used_mb", lambda: nv.nvmlDeviceGetMemoryInfo(handle).used / 2**20),
+            ("mem_total_mb", lambda: nv.nvmlDeviceGetMemoryInfo(handle).total / 2**20),
+            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0),
+        ):
+            try:
+                out[key] = round(float(fn()), 1)
+            except Exception:
+                out[key] = None
+        return out
+
+    def shutdown(self) -> None:
+        if self.ok:
+            try:
+                self.pynvml.nvmlShutdown()
+            except Exception:
+                pass
+            self.pynvml = None
+
+
+def cuda_uuid(device: Any) -> str | None:
+    """The NVML UUID of a torch CUDA device, so CUDA_VISIBLE_DEVICES remapping can't confuse us."""
+    try:
+        import torch
+
+        props = torch.cuda.get_device_properties(device)
+        u = str(props.uuid)
+        return u if u.startswith("GPU-") else f"GPU-{u}"
+    except Exception:
+        return None
+
+
+class TelemetrySampler(threading.Thread):
+    """Background thread; ``stop()`` joins it. Costs well under 1% of a core."""
+
+    def __init__(self, out_path, meter, device: Any = None, interval: float = 1.0):
+        super().__init__(name="cockpit-telemetry", daemon=True)
+        self.out = JsonlAppender(out_path)
+        self.meter = meter
+        self.interval = interval
+        self._halt = threading.Event()
+        self.nvml = Nvml() if getattr(device, "type", None) == "cuda" else None
+        self.gpu = None
+        self.gpu_index = None
+        if self.nvml is not None and self.nvml.ok:
+            try:
+                self.gpu = self.nvml.handle(index=device.index or 0, uuid=cuda_uuid(device))
+                self.gpu_index = int(self.nvml.pynvml.nvmlDeviceGetIndex(self.gpu))
+            except Exception as e:
+                self.nvml.error = f"NVML has no handle for {device}: {e}"
+                self.gpu = None
+        self.proc = psutil.Process()
+        psutil.cpu_percent(None)
+        self._header()
+
+    def _header(self) -> None:
+        if self.nvml is None:
+            note = "no GPU: the run is on the CPU"
+        elif self.gpu is None:
+            note = self.nvml.error or "NVML unavailable"
+        else:
+            note = None
+        row: dict[str, Any] = {"t": time.time(), "kind": "header", "gpu_index": self.gpu_index}
+        if note:
+            row["gpu_note"] = note
+        else:
+            try:
+                row["gpu_name"] = self.nvml.pynvml.nvmlDeviceGetName(self.gpu)
+                if isinstance(row["gpu_name"], bytes):
+                    row["gpu_name"] = row["gpu_name"].decode()
+            except Exception:
+                pass
+        self.out.append(row)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        wait, total, steps = self.meter.take()
+        row: dict[str, Any] = {
+            "t": round(time.time(), 3),
+            "cpu": psutil.cpu_percent(None),
+            "ram": psutil.virtual_memory().percent,
+            "rss_mb": round(self._tree_rss() / 2**20, 1),
+            "steps": steps,
+            "data_wait": round(wait / total, 4) if total > 0 else None,
+        }
+        if self.gpu is not None:
+            row["gpu"] = self.nvml.sample(self.gpu)
+            row["gpu"]["index"] = self.gpu_index
+        self.out.append(row)
+
+    def _tree_rss(self) -> int:
+        total = 0
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+        except psutil.Error:
+            procs = [self.proc]
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=2 * self.interval + 1)
+        if self.nvml is not None:
+            self.nvml.shutdown()
+        self.out.close()
