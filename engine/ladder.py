@@ -27,6 +27,7 @@ class InitSettings:
     max_params: int = _f(1_000_000, "warn above this many parameters: start simple")
     loss_tolerance: float = _f(0.5, "warn when the loss at init is off its expected value by more than this fraction")
     imbalance_ratio: float = _f(3.0, "warn when the most frequent class outnumbers the rarest by more than this")
+    pixel_imbalance_ratio: float = _f(50.0, "the same for segmentation pixels, where background usually dominates")
 
 
 @dataclass(frozen=True)

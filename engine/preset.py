@@ -334,11 +334,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parse_value(value)
 
 
+def override_origin(key: str, value: Any) -> str:
+    return f"--set {key}={_short(value)}"
+
+
 def apply_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
     data = copy.deepcopy(preset.data)
     origins = dict(preset.origins)
     for key, value in overrides.items():
-        origin = f"--set {key}={_short(value)}"
+        origin = override_origin(key, value)
         parts = key.split(".")
         top = parts[0]
         if top not in SCHEMA and top not in STAGES:

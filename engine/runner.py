@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.ladder import STAGES, stage_settings
-from engine.preset import Preset, PresetError, loads, validate
+from engine.preset import Preset, PresetError, loads, override_origin, validate
 from engine.runfolder import JsonlAppender, RunFolder
 
 
@@ -43,8 +43,8 @@ class Runner:
         self.lease = None
 
     # ---- bookkeeping -------------------------------------------------------------
-    def event(self, kind: str, **data: Any) -> None:
-        self.events.append({"t": round(time.time(), 3), "event": kind, **data})
+    def event(self, name: str, **data: Any) -> None:
+        self.events.append({"t": round(time.time(), 3), "event": name, **data})
 
     def save(self, **changes: Any) -> None:
         self.summary.update(changes)
@@ -101,8 +101,9 @@ class Runner:
             src_text = Path(source).read_text()
             if hashlib.sha256(src_text.encode()).hexdigest() == self.request.get("preset_sha256"):
                 original = loads(src_text, Path(source))
+                overrides = self.request.get("overrides") or {}
                 preset = Preset(preset.data, Path(source), original.lines,
-                                {k: f"--set {k}" for k in self.request.get("overrides", {})})
+                                {k: override_origin(k, v) for k, v in overrides.items()})
         validate(preset)
         folder = self.request.get("preset_dir")
         from engine.targets import add_import_path

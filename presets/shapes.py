@@ -72,9 +72,12 @@ def regression(n_train: int = 2000, n_val: int = 500, size: int = 24, seed: int 
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks and a linear head: about 24k parameters at width 16."""
+    """Three conv blocks and a linear head: about 24k parameters at width 16.
 
-    def __init__(self, in_channels: int = 1, outputs: int = len(SHAPES), width: int = 16):
+    ``head_bias`` sets the last layer's initial bias (e.g. the regression targets' mean)."""
+
+    def __init__(self, in_channels: int = 1, outputs: int = len(SHAPES), width: int = 16,
+                 head_bias: list[float] | None = None):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -84,6 +87,9 @@ class SmallCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Linear(4 * w, outputs)
+        if head_bias is not None:  # "init well": start regression outputs at the targets' mean
+            with torch.no_grad():
+                self.head.bias.copy_(torch.tensor(head_bias, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

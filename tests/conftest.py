@@ -32,3 +32,40 @@ def cockpit(*args: str, workspace: Path | None = None, timeout: float = 300,
     if workspace is not None:
         cmd += ["--workspace", str(workspace)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=e)
+
+
+ZOO = ROOT / "tests" / "zoo"
+
+
+def run_inprocess(preset_path: Path, workspace: Path, *, overrides: dict | None = None,
+                  stages: list[str] | None = None) -> tuple[int, dict, Path]:
+    """Create a run folder and walk the ladder in this process (no torch import per case).
+
+    Returns (exit code, summary, run folder)."""
+    import signal
+
+    from cockpit.launch import create_run
+    from engine import preset as presets
+    from engine.runner import Runner
+
+    preset = presets.load(preset_path, overrides)
+    folder = create_run(workspace, preset, overrides=overrides or {}, stages=stages)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        code = Runner(folder).run()
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    return code, folder.summary(), folder.path
+
+
+def stage(summary: dict, name: str) -> dict:
+    found = [s for s in summary["stages"] if s["name"] == name]
+    assert found, f"stage {name} did not run: {summary.get('status')} {summary.get('reason')}"
+    return found[0]
+
+
+def check(stage_record: dict, name: str) -> dict:
+    found = [c for c in stage_record["checks"] if c["name"] == name]
+    assert found, f"no check {name} in {[c['name'] for c in stage_record['checks']]}"
+    return found[0]

@@ -64,6 +64,8 @@ class InitStage(Stage):
         if classes:
             metrics["classes"] = classes
         checks.append(self.check_target_range(ctx, task, out, probe_y, y, classes))
+        if any(c.status == "fail" for c in checks):  # the checks below would only crash on it
+            return from_checks(checks, metrics, "")
         if task != "regression" and classes:
             checks.append(self.check_balance(ctx, task, classes, metrics))
         checks.append(Check(
@@ -199,7 +201,8 @@ class InitStage(Stage):
         metrics["imbalance_ratio"] = ratio
         missing = [i for i in range(classes) if counts[i] == 0]
         unit = "samples" if task == "classification" else "pixels"
-        if ratio <= self.settings.imbalance_ratio and not missing:
+        limit = self.settings.imbalance_ratio if task == "classification" else self.settings.pixel_imbalance_ratio
+        if ratio <= limit and not missing:
             return Check("class_balance", "pass", f"{classes} classes, the largest {ratio:.1f}× the smallest")
         weights = (counts.sum() / (classes * counts.clamp(min=1)))
         weights = weights / weights[counts > 0].mean()
