@@ -183,10 +183,12 @@ def train_loop(
     until: Callable[[Row], bool] | None = None,
     every: Callable[[int], None] | None = None,
     every_n: int = 0,
+    log: bool = True,
 ) -> LoopResult:
     """Train for ``steps`` steps (or ``seconds``), logging every batch; stops early when
     ``until(row)`` holds or a loss stops being finite. ``every(step)`` runs each ``every_n``
-    steps (full-val metrics, checkpoints)."""
+    steps (full-val metrics, checkpoints). ``log=False`` keeps the rows out of steps.bin
+    (a measurement, not training: the speed stage)."""
     device = ctx.device
     loss_fn = ctx.loss_fn
     readback = Readback(device)
@@ -201,7 +203,8 @@ def train_loop(
         """Log rows that reached the host; True when the loop should stop."""
         if not rows:
             return False
-        ctx.log_steps(rows)
+        if log:
+            ctx.log_steps(rows)
         result.rows.extend(rows)
         for r in rows:
             if not math.isfinite(r.train_loss) or (not math.isnan(r.val_loss) and not math.isfinite(r.val_loss)):

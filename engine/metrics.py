@@ -99,10 +99,19 @@ def baseline(train_targets: torch.Tensor, val_targets: torch.Tensor, task: str, 
     return scores_from_confusion(_confusion(pred, flat, c), task)
 
 
-def collect_targets(dataset, limit: int = 20_000) -> torch.Tensor:
-    """Targets of up to ``limit`` samples, stacked (a TensorDataset is read directly)."""
+def collect_targets(dataset, limit: int = 20_000, loader_kwargs: dict | None = None) -> torch.Tensor:
+    """Targets of up to ``limit`` samples without decoding inputs where the dataset allows it:
+    a TensorDataset's tensor, a torchvision-style ``targets`` attribute; else read through a
+    DataLoader (with the preset's workers) from an evenly spread subset."""
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None and len(tensors) >= 2:
         return tensors[1][:limit]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):
+        return torch.as_tensor(targets)[:limit]
+    from torch.utils.data import DataLoader, Subset
+
     n = min(len(dataset), limit)
-    return torch.stack([torch.as_tensor(dataset[i][1]) for i in range(n)])
+    idx = torch.linspace(0, len(dataset) - 1, n).long().unique().tolist()
+    loader = DataLoader(Subset(dataset, idx), batch_size=64, **(loader_kwargs or {}))
+    return torch.cat([torch.as_tensor(y) for _, y in loader])

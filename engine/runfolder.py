@@ -316,11 +316,12 @@ class RunFolder:
     def state(self) -> dict:
         """The summary, with a dead engine's 'running' turned into 'error'."""
         s = self.summary()
-        if s.get("status") in LIVE and process_alive(self.proc()) is False:
-            if self.file("proc.json").exists() or time.time() - s.get("created", 0) > 30:
-                s = dict(s)
-                s["status"] = "error"
-                s["reason"] = "the engine process is gone without a word (killed -9, or out of memory?); see engine.log"
+        # no proc.json yet: the launcher is between creating the folder and starting the engine
+        started = self.file("proc.json").exists() or time.time() - s.get("created", 0) > 30
+        if s.get("status") in LIVE and started and process_alive(self.proc()) is False:
+            s = dict(s)
+            s["status"] = "error"
+            s["reason"] = "the engine process is gone without a word (killed -9, or out of memory?); see engine.log"
         return s
 
     def steps(self) -> StepColumns:

@@ -136,4 +136,4 @@ def test_find_run_by_prefix_and_helpful_misses(tmp_path):
             assert words in str(e)
         else:
             raise AssertionError("expected LookupError")
-    assert [r.run_id for r in iter_runs(tmp_path)][0].endswith("aaaa")
+    assert next(iter_runs(tmp_path)).run_id.endswith("aaaa")

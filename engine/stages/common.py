@@ -41,6 +41,12 @@ def switch_off_regularizers(ctx: RunContext, model: nn.Module) -> str:
     return ", ".join(parts)
 
 
+def reader_kwargs(ctx: RunContext) -> dict:
+    """Read samples for checks with the preset's workers: decoding thousands alone is slow."""
+    n = ctx.preset.get("num_workers")
+    return {"num_workers": n} if n else {}
+
+
 def collate(dataset: Dataset, indices: list[int], what: str = "train") -> tuple:
     """Stack samples into a batch; a shape mismatch becomes a UserCodeError that says which."""
     items = []

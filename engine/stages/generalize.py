@@ -9,7 +9,7 @@ from engine.context import RunContext
 from engine.loop import train_loop
 from engine.metrics import HIGHER_IS_BETTER, MAIN_METRIC, baseline, collect_targets, evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
-from engine.stages.common import head_mean, nonfinite_reason, tail_mean
+from engine.stages.common import head_mean, nonfinite_reason, reader_kwargs, tail_mean
 
 
 class GeneralizeStage(Stage):
@@ -42,7 +42,9 @@ class GeneralizeStage(Stage):
         start, end = evals[0][1], evals[-1][1]
         metric = MAIN_METRIC[ctx.task]
         classes = None if ctx.task == "regression" else _classes(model, ctx)
-        base = baseline(collect_targets(ctx.data.train), collect_targets(ctx.data.val), ctx.task, classes)
+        kw = reader_kwargs(ctx)
+        base = baseline(collect_targets(ctx.data.train, loader_kwargs=kw),
+                        collect_targets(ctx.data.val, loader_kwargs=kw), ctx.task, classes)
         train = result.train_losses
         metrics = {
             "val_loss_start": start["val_loss"],

@@ -18,7 +18,7 @@ from engine.context import RunContext, UserCodeError
 from engine.loop import move
 from engine.metrics import collect_targets
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
-from engine.stages.common import collate, regularizers
+from engine.stages.common import collate, reader_kwargs, regularizers
 
 
 def _sample_indices(n: int, k: int, seed: int) -> list[int]:
@@ -153,20 +153,23 @@ class InitStage(Stage):
 
     def check_overlap(self, ctx: RunContext, metrics: dict) -> Check:
         n = self.settings.overlap_samples
-        tr = _fingerprints(ctx.data.train, n)
-        va = _fingerprints(ctx.data.val, n)
+        tr = _fingerprints(ctx.data.train, n, reader_kwargs(ctx))
+        va = _fingerprints(ctx.data.val, n, reader_kwargs(ctx))
         if tr is None or va is None:
             return Check("train_val_overlap", "skip", "inputs are not tensors of one shape")
         shared = sum(1 for k in va if k in tr)
-        frac = shared / max(len(va), 1)
+        # only a sample of train was hashed: scale up to estimate the share over all of it
+        frac = min(1.0, shared / max(len(va), 1) * len(ctx.data.train) / max(len(tr), 1))
         metrics["overlap_fraction"] = frac
         checked = f"{len(va)} val against {len(tr)} train samples"
         if shared == 0:
             return Check("train_val_overlap", "pass", f"no val input appears in train ({checked})")
         status = "fail" if frac >= 0.05 else "warn"
+        estimate = "" if len(tr) >= len(ctx.data.train) else ", estimated over the whole train set"
         return Check("train_val_overlap", status,
-                     f"{shared} of {len(va)} val inputs ({100 * frac:.1f}%) also appear in train ({checked}): "
-                     "val metrics will flatter the model — split before augmenting or de-duplicate")
+                     f"{shared} of {len(va)} val inputs also appear in train ({checked}; "
+                     f"{100 * frac:.1f}% of val{estimate}): val metrics will flatter the model — "
+                     "de-duplicate, and split before augmenting")
 
     def check_target_range(self, ctx, task: str, out, probe_y, y, classes) -> Check:
         if task == "regression":
@@ -194,7 +197,8 @@ class InitStage(Stage):
         return Check("target_range", "pass", f"targets {lo}..{hi} fit the model's {classes} outputs")
 
     def check_balance(self, ctx: RunContext, task: str, classes: int, metrics: dict) -> Check:
-        ys = collect_targets(ctx.data.train, limit=20_000 if task == "classification" else 2_000)
+        limit = self.settings.overlap_samples if task == "classification" else self.settings.samples
+        ys = collect_targets(ctx.data.train, limit=limit, loader_kwargs=reader_kwargs(ctx))
         counts = torch.bincount(ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes).double()
         seen = counts[counts > 0]
         ratio = float(seen.max() / seen.min()) if len(seen) else 1.0
@@ -341,21 +345,21 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def _fingerprints(dataset, n: int) -> dict | None:
+def _fingerprints(dataset, n: int, loader_kwargs: dict) -> dict | None:
     """Hashable fingerprints of up to n inputs: two random projections, rounded."""
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None:
         xs = tensors[0][:n]
     else:
+        from torch.utils.data import DataLoader, Subset
+
+        idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().unique().tolist()
         try:
-            items = [torch.as_tensor(dataset[i][0]) for i in range(min(n, len(dataset)))]
-            xs = torch.stack(items)
+            xs = torch.cat([torch.as_tensor(x) for x, _ in
+                            DataLoader(Subset(dataset, idx), batch_size=64, **loader_kwargs)])
         except (RuntimeError, TypeError, ValueError):
-            return None
+            return None  # inputs that don't stack (variable sizes): nothing to hash here
     flat = xs.reshape(len(xs), -1).double()
     g = torch.Generator().manual_seed(1234)
     proj = flat @ torch.randn(flat.shape[1], 2, generator=g, dtype=torch.float64)
-    keys = {}
-    for i, (a, b) in enumerate(proj.tolist()):
-        keys[(float(f"{a:.9g}"), float(f"{b:.9g}"))] = i
-    return keys
+    return {(float(f"{a:.9g}"), float(f"{b:.9g}")): i for i, (a, b) in enumerate(proj.tolist())}

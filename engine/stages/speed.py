@@ -13,7 +13,7 @@ import torch
 
 from engine.context import RunContext, cpu_count
 from engine.loop import move, train_loop
-from engine.stages.base import Check, Stage, Verdict, fmt, from_checks, secs
+from engine.stages.base import Check, Stage, Verdict, from_checks, secs
 
 
 def _sync(device: torch.device) -> None:
@@ -65,9 +65,10 @@ class SpeedStage(Stage):
         compute_s = (time.perf_counter() - t0) / max(n, 1)
         metrics["compute_s_per_batch"] = compute_s
 
-        # the real loop (fresh loader, a random val batch each step as in training)
+        # the real loop (fresh loader, a random val batch each step as in training); its rows
+        # stay out of steps.bin: they time a model trained for a few steps, not a curve to read
         result = train_loop(ctx, model, optimizer, ctx.train_batches(), steps=s.batches + 1,
-                            seconds=s.seconds, val_batches=ctx.val_batches(), val_every=1)
+                            seconds=s.seconds, val_batches=ctx.val_batches(), val_every=1, log=False)
         rows = result.rows[1:] or result.rows  # the first step pays for start-up
         step_s = sum(r.step_s for r in rows) / len(rows)
         wait = sum(r.data_s for r in rows) / max(sum(r.step_s for r in rows), 1e-12)
