@@ -5,5 +5,12 @@ def run_app(workspace: str | None) -> int:
     from cockpit.app.main import CockpitApp
     from engine.runfolder import resolve_workspace
 
-    CockpitApp(resolve_workspace(workspace)).run()
+    app = CockpitApp(resolve_workspace(workspace))
+    app.run()
+    live = app.live_count()
+    if live:  # quitting never stops a run: say where they went
+        print(
+            f"{live} run{'s' if live > 1 else ''} still going in {app.workspace} — `cockpit` shows "
+            f"{'them' if live > 1 else 'it'} again, `cockpit ls` lists them"
+        )
     return 0

@@ -1,0 +1,259 @@
+"""The first screen: every run, the highlighted one's ladder, and GPU vs data wait."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Input
+
+from cockpit.app import keys
+from cockpit.app.formatting import display_status, overrides_text, status_text
+from cockpit.app.lineage import tree_order
+from cockpit.app.messages import DeviceSample, RunState
+from cockpit.app.screens.base import CockpitScreen
+from cockpit.app.settings import ViewSettings
+from cockpit.app.widgets.details import RunDetails
+from cockpit.app.widgets.gpu_panel import DevicePanel
+from cockpit.app.widgets.live_text import LiveText
+from cockpit.app.widgets.preview import RunPreview
+from cockpit.app.widgets.runs_table import SORTS, RunsTable, queue_places, run_cells, sort_runs
+
+PREVIEW_FROM = 124
+"""Terminal width from which the highlighted run's curves show beside the GPU panel."""
+PREVIEW_DELAY_S = 0.3
+"""Wait for the cursor to rest before loading a run's history for the preview."""
+
+
+def matches(state: RunState, needle: str) -> bool:
+    """The filter: a case-insensitive substring of the id, preset, status, stage, group or overrides."""
+    s = state.snapshot
+    hay = " ".join(
+        [
+            s.run_id,
+            s.preset,
+            display_status(s),
+            s.stage,
+            s.group or "",
+            overrides_text(s.overrides),
+            s.parent or "",
+        ]
+    ).lower()
+    return all(word in hay for word in needle.lower().split())
+
+
+class RunsScreen(CockpitScreen):
+    """Runs table, details of the highlighted run, GPU vs data wait (and a preview when wide)."""
+
+    BINDINGS = keys.RUNS_LIST
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sort = "tree"
+        self.reverse = False
+        self.filter_text = ""
+        self._stale = False
+        self._preview_id: str | None = None
+        self._preview_timer: Timer | None = None
+
+    def compose_body(self) -> ComposeResult:
+        settings = self.cockpit.settings
+        yield LiveText(id="bar")
+        yield RunsTable(id="runs")
+        yield RunDetails(id="details")
+        with Horizontal(id="bottom"):
+            yield RunPreview(settings, id="preview")
+            yield DevicePanel(settings, self.cockpit.clock, id="devices")
+        yield Input(
+            placeholder="filter: words in the id, preset, status, stage, group or overrides",
+            id="filter",
+            compact=True,
+        )
+        yield Footer(compact=True)
+
+    @property
+    def table(self) -> RunsTable:
+        return self.query_one(RunsTable)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#filter", Input).cursor_blink = False
+        app = self.cockpit
+        app.runs_changed.subscribe(self, self.runs_changed)
+        app.devices_changed.subscribe(self, self.devices_changed)
+        app.history_changed.subscribe(self, self.history_changed)
+        self.show_runs()
+        self.query_one(DevicePanel).show_samples(app.samples, app.device_note)
+        self.table.focus()
+
+    def on_screen_resume(self) -> None:
+        if self._stale:
+            self.show_runs()
+            self.query_one(DevicePanel).show_samples(self.cockpit.samples, self.cockpit.device_note)
+
+    def selected_run_id(self) -> str | None:
+        return self.table.selected_key()
+
+    # ---- data in -----------------------------------------------------------------------
+    def runs_changed(self, runs: tuple[RunState, ...]) -> None:
+        if not self.is_current:
+            self._stale = True  # a hidden table is not worth updating; catch up on resume
+            return
+        self.show_runs()
+
+    def devices_changed(self, sample: tuple[tuple[DeviceSample, ...], str | None]) -> None:
+        if not self.is_current:
+            self._stale = True
+            return
+        self.query_one(DevicePanel).show_samples(*sample)
+
+    def history_changed(self, run_id: str) -> None:
+        if run_id == self._preview_id and self.is_current:
+            self.query_one(RunPreview).history_changed()
+
+    def apply_settings(self, settings: ViewSettings) -> None:
+        self.query_one(RunPreview).apply_settings(settings)
+        self.query_one(DevicePanel).apply_settings(settings)
+
+    def marks_changed(self) -> None:
+        self.show_runs()
+
+    def show_runs(self) -> None:
+        self._stale = False
+        app = self.cockpit
+        runs = app.runs
+        shown = (
+            [r for r in runs if matches(r, self.filter_text)] if self.filter_text else list(runs)
+        )
+        ordered = sort_runs(tree_order(shown), self.sort, self.reverse)
+        places = queue_places(runs)
+        now = app.clock()
+        rows = [
+            (
+                state.run_id,
+                run_cells(
+                    state,
+                    prefix if self.sort == "tree" else "",
+                    marked=state.run_id in app.marked,
+                    stopping=state.run_id in app.stopping,
+                    place=places.get(state.run_id),
+                    now=now,
+                ),
+            )
+            for state, prefix in ordered
+        ]
+        self.table.show(rows, self.size.width, (self.sort, self.reverse))
+        self._show_bar(runs, len(shown))
+        self._show_details()
+        self.query_one(DevicePanel).show_runs(runs)
+
+    def _show_bar(self, runs: tuple[RunState, ...], shown: int) -> None:
+        app = self.cockpit
+        counts: dict[str, int] = {}
+        for r in runs:
+            status = display_status(r.snapshot)
+            counts[status] = counts.get(status, 0) + 1
+        bar = Text()
+        bar.append(" cockpit ", style="bold reverse")
+        bar.append(f" {app.workspace}", style="bold")
+        for status in ("running", "queued", "passed", "failed", "error", "pruned", "killed"):
+            if counts.get(status):
+                bar.append("  ")
+                bar += status_text(status, str(counts[status]))
+        if not runs:
+            bar.append("  no runs yet: n starts one", style="dim")
+        if self.filter_text:
+            bar.append(f"  filter '{self.filter_text}': {shown} of {len(runs)}", style="#e5c07b")
+        if app.marked:
+            bar.append(f"  ◆ {len(app.marked)} marked (c compares)", style="#e5c07b")
+        self.query_one("#bar", LiveText).show(bar)
+
+    def _show_details(self) -> None:
+        app = self.cockpit
+        run_id = self.selected_run_id()
+        state = app.run_state(run_id) if run_id else None
+        self.query_one(RunDetails).show_run(
+            state, app.runs, queue_places(app.runs).get(run_id or ""), app.clock()
+        )
+        if run_id != self._preview_id and self.size.width >= PREVIEW_FROM:
+            if self._preview_timer is not None:
+                self._preview_timer.stop()
+            self._preview_timer = self.set_timer(PREVIEW_DELAY_S, self._load_preview)
+
+    def _load_preview(self) -> None:
+        self._preview_timer = None
+        if self.size.width < PREVIEW_FROM:
+            return
+        run_id = self.selected_run_id()
+        if run_id == self._preview_id:
+            return
+        app = self.cockpit
+        if self._preview_id is not None:
+            app.release_history(self._preview_id, self)
+        self._preview_id = run_id
+        history = app.acquire_history(run_id, self) if run_id else None
+        self.query_one(RunPreview).show_history(history)
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width >= PREVIEW_FROM, "-preview")
+        self.show_runs()
+        if self.size.width >= PREVIEW_FROM and self._preview_id is None:
+            self._load_preview()
+
+    def on_unmount(self) -> None:
+        if self._preview_id is not None:
+            self.cockpit.release_history(self._preview_id, self)
+
+    # ---- the table -----------------------------------------------------------------------
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self._show_details()
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.cockpit.open_run(str(event.row_key.value))
+
+    def action_open_run(self) -> None:
+        run_id = self.selected_run_id()
+        if run_id:
+            self.cockpit.open_run(run_id)
+
+    def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self.reverse = False
+        self.show_runs()
+
+    def action_reverse_sort(self) -> None:
+        self.reverse = not self.reverse
+        self.show_runs()
+
+    def action_gpu_view(self) -> None:
+        view = self.query_one(DevicePanel).cycle_view()
+        self.notify(f"GPU panel shows {view}", timeout=2)
+
+    # ---- the filter -----------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-shown")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("-shown")
+        self.filter_text = ""
+        self.table.focus()
+        self.show_runs()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.show_runs()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            self.query_one("#filter", Input).remove_class("-shown")
+        self.table.focus()
