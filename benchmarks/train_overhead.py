@@ -7,7 +7,7 @@ summary, a checkpoint and a full-val pass at the end) against benchmarks/handwri
 val pass and checkpoint). Prints each pair and the median ratio; machines here are noisy, so
 only the ratio means anything.
 
-    python benchmarks/train_overhead.py [--steps 2000] [--repeats 3]
+    python benchmarks/train_overhead.py [--steps 2000] [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -38,15 +38,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         engine = [sys.executable, "-m", "cockpit", "run", "presets/quickstart.yaml", "--stages", "train",
                   "--set", f"train.steps={args.steps}", "--set", f"train.eval_every={args.steps}",
-                  "--set", f"train.checkpoint_every={args.steps}", "--workspace", str(Path(tmp) / "runs")]
-        base = [sys.executable, "benchmarks/handwritten_loop.py", str(args.steps), tmp]
+                  "--set", f"train.checkpoint_every={args.steps}", "--set", f"device={args.device}",
+                  "--workspace", str(Path(tmp) / "runs")]
+        base = [sys.executable, "benchmarks/handwritten_loop.py", str(args.steps), tmp, args.device]
         timed(base)  # warm the file cache for torch's libraries
-        print(f"{args.steps} steps of presets/quickstart.yaml, whole processes, alternating")
+        print(f"{args.steps} steps of presets/quickstart.yaml on {args.device}, whole processes, alternating")
         for i in range(args.repeats):
             if i % 2 == 0:
                 b, e = timed(base), timed(engine)

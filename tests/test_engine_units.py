@@ -18,8 +18,8 @@ from engine.context import RunContext, WaitMeter
 from engine.loop import Readback, train_loop
 from engine.metrics import baseline, evaluate, scores_from_confusion
 from engine.runfolder import RunFolder
-from engine.telemetry import TelemetrySampler
 from engine.targets import add_import_path
+from engine.telemetry import TelemetrySampler
 from tests.conftest import ZOO
 
 
