@@ -8,7 +8,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 from engine.preset import PresetError
 
@@ -207,25 +206,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    from engine import slots
+
+    try:
+        devices = slots.describe_slots(ws)
+    except slots.SlotError as e:  # a bad slot setting: say so, the runs are listed anyway
+        devices = str(e)
+    if devices:
+        print(devices)
     return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from cockpit.launch import stop
+    from cockpit.launch import stop_many
     from engine.runfolder import find_run, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
-    folders = [find_run(ws, ref) for ref in args.runs]
-    code = 0
-    for f in folders:
-        t0 = time.monotonic()
-        was_running = stop(f)
+    folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
+    for f, (was_running, seconds) in zip(folders, stop_many(folders)):
         if was_running:
-            print(f"{f.run_id}: killed in {time.monotonic() - t0:.1f} s (data kept in {f.path})")
+            print(f"{f.run_id}: killed in {seconds:.1f} s, its processes gone and its slot free "
+                  f"(data kept in {f.path})")
         else:
-            status = f.state().get("status")
-            print(f"{f.run_id}: not running ({status})")
-    return code
+            print(f"{f.run_id}: not running ({f.state().get('status')})")
+    return 0
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
@@ -235,9 +239,11 @@ def cmd_fork(args: argparse.Namespace) -> int:
     ws = resolve_workspace(args.workspace)
     parent = find_run(ws, args.run)
     folder, proc = fork_run(ws, parent, parse_sets(args.sets), warm=args.warm, stages=parse_stages(args.stages))
+    how = f"warm from its step {folder.request().get('fork_step')}" if args.warm else "cold"
     if args.detach:
-        print(f"{folder.run_id} forked from {parent.run_id} · {folder.path}")
+        print(f"{folder.run_id} forked from {parent.run_id} ({how}) · {folder.path}")
         return 0
+    print(f"forked from {parent.run_id}, {how}")
     return watch(folder, proc)
 
 

@@ -4,7 +4,8 @@ An engine is started in a session of its own (``start_new_session``) with its ou
 to the run's engine.log, so it outlives the terminal, the app and an SSH disconnect.
 Stopping: SIGTERM to the engine (it stops at the next step boundary and records ``killed``),
 then, after a grace period, SIGKILL to every process it started — found by walking the
-process tree, because torchrun puts its workers in sessions of their own. A recorded pid is
+process tree, because torchrun puts its workers in sessions of their own — and, should the
+engine be gone already, through the pids the run recorded in workers.jsonl. A recorded pid is
 only ever signalled after its start time matched, so a reused pid is never hit.
 """
 
@@ -22,10 +23,11 @@ from typing import Any
 
 import psutil
 
+from engine import slots
 from engine.preset import Preset
-from engine.runfolder import LIVE, RunFolder, new_run_id, write_json_atomic
+from engine.runfolder import LIVE, JsonlTail, RunFolder, new_run_id, write_json_atomic
 
-GRACE_S = 10.0
+GRACE_S = 8.0  # SIGTERM, then SIGKILL: with the reaping after it, a kill stays under 10 s
 
 
 def create_run(
@@ -96,6 +98,7 @@ def start_engine(folder: RunFolder) -> subprocess.Popen:
     # the engine must import the same engine package as this cockpit, installed or not
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    slots.announce(folder)  # the run's place in the device queue, held while its engine boots
     with open(folder.file("engine.log"), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine", str(folder.path.resolve())],
@@ -135,15 +138,37 @@ def process_tree(p: psutil.Process) -> list[psutil.Process]:
         return [p]
 
 
+def recorded_processes(folder: RunFolder) -> list[psutil.Process]:
+    """The run's processes outside the engine's process group (torchrun and its ranks, from
+    workers.jsonl), each only while its start time still matches the record."""
+    out = []
+    for row in JsonlTail(folder.file("workers.jsonl")).read_new():
+        if row.get("host") not in (None, socket.gethostname()):
+            continue
+        try:
+            q = psutil.Process(int(row["pid"]))
+            if abs(q.create_time() - float(row.get("create_time", 0))) <= 1.0 and q.status() != psutil.STATUS_ZOMBIE:
+                out.append(q)
+        except (psutil.Error, KeyError, ValueError, TypeError):
+            continue
+    return out
+
+
 def stop(folder: RunFolder, grace: float = GRACE_S, *, force: bool = False) -> bool:
     """Stop a run and everything it started. True when something was running.
 
     SIGTERM to the engine, wait up to ``grace`` seconds for it to finish its step and write
-    ``killed``, then SIGKILL whatever of its tree is left (also its process group)."""
+    ``killed``, then SIGKILL whatever of its tree is left (also its process group and the
+    processes it recorded in workers.jsonl)."""
     p = engine_process(folder)
     if p is None:
+        strays: list[psutil.Process] = []
+        for q in recorded_processes(folder):  # the engine died first: its ranks may not have
+            strays = _merge(strays, process_tree(q))
+        if strays:
+            kill_tree(strays)
         mark_killed_if_live(folder)
-        return False
+        return bool(strays)
     tree = process_tree(p)
     if not force:
         try:
@@ -154,9 +179,30 @@ def stop(folder: RunFolder, grace: float = GRACE_S, *, force: bool = False) -> b
         while time.monotonic() < deadline and p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
             tree = _merge(tree, process_tree(p))
             time.sleep(0.05)
-    kill_tree(tree, pgid=(folder.proc() or {}).get("pgid"))
+    for q in recorded_processes(folder):
+        tree = _merge(tree, process_tree(q))
+    proc = folder.proc() or {}
+    kill_tree(tree, pgid=proc.get("pgid"), leader_created=proc.get("create_time"))
     mark_killed_if_live(folder)
     return True
+
+
+def stop_many(folders: list[RunFolder], grace: float = GRACE_S) -> list[tuple[bool, float]]:
+    """Stop runs side by side, so N runs take as long as the slowest: (was running, seconds) each."""
+    import threading
+
+    out: list[tuple[bool, float]] = [(False, 0.0)] * len(folders)
+
+    def one(i: int) -> None:
+        t0 = time.monotonic()
+        out[i] = (stop(folders[i], grace), time.monotonic() - t0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(folders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
 def _merge(a: list[psutil.Process], b: list[psutil.Process]) -> list[psutil.Process]:
@@ -164,18 +210,49 @@ def _merge(a: list[psutil.Process], b: list[psutil.Process]) -> list[psutil.Proc
     return a + [x for x in b if x.pid not in seen]
 
 
-def kill_tree(tree: list[psutil.Process], pgid: int | None = None) -> None:
+def kill_tree(tree: list[psutil.Process], pgid: int | None = None,
+              leader_created: float | None = None) -> None:
+    """SIGKILL ``tree`` and whatever is left in the engine's process group, then reap."""
+    if pgid:
+        tree = _merge(tree, group_members(int(pgid), leader_created))
     for q in tree:
         try:
-            q.kill()
+            q.kill()  # psutil checks the start time first: a reused pid is left alone
         except psutil.Error:
             pass
-    if pgid:
+    wait_gone(tree, timeout=5.0)
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Until each process has exited. A zombie counts as gone: its memory, GPU context and slot
+    locks are already released, and reaping it is its parent's business (or init's)."""
+    deadline = time.monotonic() + timeout
+    while any(_running(q) for q in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _running(q: psutil.Process) -> bool:
+    try:
+        return q.is_running() and q.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def group_members(pgid: int, leader_created: float | None) -> list[psutil.Process]:
+    """Processes in process group ``pgid`` — none when that id now belongs to a new group (its
+    leader's start time differs from the engine's). While any process is still in our group,
+    the kernel never hands its id to another process, so the members found are ours."""
+    members = []
+    for q in psutil.process_iter():
         try:
-            os.killpg(int(pgid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-    psutil.wait_procs(tree, timeout=5)
+            if os.getpgid(q.pid) != pgid:
+                continue
+            if q.pid == pgid and leader_created is not None and abs(q.create_time() - float(leader_created)) > 1.0:
+                return []
+            members.append(q)
+        except (psutil.Error, OSError):
+            continue
+    return members
 
 
 def mark_killed_if_live(folder: RunFolder) -> None:

@@ -94,6 +94,7 @@ class RunContext:
         self.verdicts: dict[str, Any] = {}  # stage name -> Verdict, as the ladder goes
         self.last_step = 0
         self.eval_listeners: list = []  # called as f(step, metrics) after each full-val evaluation
+        self.pruned: dict | None = None  # set with stop_requested when the pruning rule stops the run
 
     # ---- building ----------------------------------------------------------------
     def seed_everything(self, offset: int = 0) -> None:

@@ -171,7 +171,7 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
 
 def _annotation_fits(annotation: Any, value: Any) -> str | None:
     """Check a settings value against its dataclass annotation (str under PEP 563)."""
-    hint = annotation if not isinstance(annotation, str) else eval(  # noqa: S307 - our own annotations
+    hint = annotation if not isinstance(annotation, str) else eval(
         annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None}
     )
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)

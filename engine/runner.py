@@ -63,7 +63,7 @@ class Runner:
         self.save(status="queued", pid=os.getpid(), host=socket.gethostname())
         try:
             code = self._run()
-        except BaseException as e:  # noqa: BLE001 - a bug in the engine: log it, record it
+        except BaseException as e:  # a bug in the engine: log it, record it
             log("engine crashed:\n" + traceback.format_exc())
             self.finish("error", f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)")
             code = 1
@@ -72,12 +72,19 @@ class Runner:
     def _run(self) -> int:
         from engine import slots
 
-        self.lease = slots.acquire(self.folder, self.request, lambda: self.stop_requested,
-                                   on_wait=lambda note: self.save(status="queued", queue=note))
+        try:
+            self.lease = slots.acquire(self.folder, self.request, lambda: self.stop_requested,
+                                       on_wait=lambda place: self.save(status="queued", **place))
+        except slots.SlotError as e:
+            return self.finish("error", str(e), error_kind="preset")
         if self.lease is None or self.stop_requested:
             return self.finish("killed", "stopped while queued")
-        self.save(status="running", started=time.time(), queue=None)
+        os.environ.update(self.lease.env)  # CUDA_VISIBLE_DEVICES before torch is imported
+        self.save(status="running", started=time.time(), queue=None, queue_position=None,
+                  gpus=self.lease.gpus, slots=self.lease.describe(), gpu_note=self.lease.note or None)
         self.event("run_start", pid=os.getpid(), gpus=self.lease.gpus)
+        if self.lease.note:
+            log(self.lease.note)
         log(f"run {self.folder.run_id} starting (pid {os.getpid()})")
         try:
             preset = self.load_preset()
@@ -116,9 +123,12 @@ class Runner:
         import torch  # noqa: F401 - the first heavy import, after the slot is ours
 
         from engine.context import RunContext, Stopped, UserCodeError
+        from engine.ddp import world_size
         from engine.stages.base import Verdict
 
-        names = self.request.get("stages") or preset.stages()
+        names = list(self.request.get("stages") or preset.stages())
+        if world_size(preset) > 1 and not self.request.get("stages") and "multi_gpu" not in names:
+            names.append("multi_gpu")  # gpus > 1: the ladder ends by checking DDP itself
         self.save(stages=[], stage_names=names)
         try:
             ctx = RunContext(preset, self.folder, names, self.request)
@@ -134,8 +144,11 @@ class Runner:
             return self.finish("failed", msg)
         self.ctx = ctx
         ctx.stop_requested = self.stop_requested
+        from engine import pruning
+
+        pruning.attach(ctx, self.request)
         self.folder.write_steps_header()
-        self.save(device=str(ctx.device), task=ctx.task,
+        self.save(device=str(ctx.device), task=ctx.task, world_size=world_size(preset),
                   train_size=len(ctx.data.train), val_size=len(ctx.data.val))
         warm = self.request.get("warm_from")
         if warm:
@@ -152,6 +165,8 @@ class Runner:
                 ctx.stage_index = i
                 verdict, seconds = self.run_stage(ctx, name, Verdict, Stopped, UserCodeError)
                 if verdict is None:
+                    if ctx.pruned:
+                        return self.finish("killed", ctx.pruned["reason"], pruned=ctx.pruned)
                     return self.finish("killed", f"stopped during {name}")
                 record = {"name": name, **verdict.to_json(), "seconds": round(seconds, 2)}
                 self.summary["stages"].append(record)

@@ -74,7 +74,7 @@ def test_quickstart_passes_the_whole_ladder(workspace):
     assert s["status"] == "passed" and s["preset"] == "quickstart"
     assert all(set(st) >= {"name", "status", "reason", "checks", "metrics"} for st in s["stages"])
     steps = folder.steps()
-    assert len(steps) > 500  # every batch of every training stage
+    assert len(steps) > 450  # every batch of every training stage (speed only times its loop)
     assert folder.evals() and folder.telemetry()
 
 

@@ -8,7 +8,7 @@ import math
 
 from engine import checkpoint
 from engine.context import RunContext, Stopped
-from engine.loop import train_loop
+from engine.loop import LoopResult, train_loop
 from engine.metrics import MAIN_METRIC, evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt
 from engine.stages.common import head_mean, nonfinite_reason, tail_mean
@@ -18,6 +18,10 @@ class TrainStage(Stage):
     name = "train"
 
     def run(self, ctx: RunContext) -> Verdict:
+        from engine import ddp
+
+        if ddp.world_size(ctx.preset) > 1:  # gpus > 1: train under DDP, one process per GPU
+            return ddp.train_verdict(ddp.run_stage(ctx, self.name))
         s = self.settings
         model = ctx.build_model()
         optimizer = ctx.build_optimizer(model)
@@ -58,20 +62,25 @@ class TrainStage(Stage):
         checkpoint.save(ctx.folder, model, optimizer, end_step, self.name)
         final = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
         ctx.log_eval(end_step, final)
-        train = result.train_losses
-        vals = result.val_losses
-        metrics = {
-            "train_loss_first": head_mean(train),
-            "train_loss_last": tail_mean(train),
-            "val_loss_last": tail_mean(vals) if vals else final["val_loss"],
-            "final_val_loss": final["val_loss"],
-            "steps": result.steps,
-            "end_step": end_step,
-            "seconds": result.seconds,
-        }
-        metrics.update({k: v for k, v in final.items() if k not in ("val_loss", "val_loss_se")})
-        main = MAIN_METRIC[ctx.task]
-        reason = (f"trained {result.steps} steps in {result.seconds:.1f} s: train loss "
-                  f"{fmt(metrics['train_loss_first'])} → {fmt(metrics['train_loss_last'])}, val loss "
-                  f"{fmt(final['val_loss'])}, {main} {fmt(final.get(main))}")
-        return Verdict("pass", reason, checks, metrics)
+        return summarize(result, final, end_step, checks, ctx.task)
+
+
+def summarize(result: LoopResult, final: dict, end_step: int, checks: list[Check], task: str) -> Verdict:
+    """The train stage's verdict from its loop and its final full-val evaluation."""
+    train = result.train_losses
+    vals = result.val_losses
+    metrics = {
+        "train_loss_first": head_mean(train),
+        "train_loss_last": tail_mean(train),
+        "val_loss_last": tail_mean(vals) if vals else final["val_loss"],
+        "final_val_loss": final["val_loss"],
+        "steps": result.steps,
+        "end_step": end_step,
+        "seconds": result.seconds,
+    }
+    metrics.update({k: v for k, v in final.items() if k not in ("val_loss", "val_loss_se")})
+    main = MAIN_METRIC[task]
+    reason = (f"trained {result.steps} steps in {result.seconds:.1f} s: train loss "
+              f"{fmt(metrics['train_loss_first'])} → {fmt(metrics['train_loss_last'])}, val loss "
+              f"{fmt(final['val_loss'])}, {main} {fmt(final.get(main))}")
+    return Verdict("pass", reason, checks, metrics)
