@@ -28,8 +28,12 @@ def main(steps: int, out_dir: str, device: str = "cpu") -> None:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     loader = DataLoader(train, batch_size=32, shuffle=True, drop_last=True, pin_memory=pin)
-    val_loader = DataLoader(val, batch_size=32, pin_memory=pin,
-                            sampler=RandomSampler(val, replacement=True, num_samples=10**9))
+    val_loader = DataLoader(
+        val,
+        batch_size=32,
+        pin_memory=pin,
+        sampler=RandomSampler(val, replacement=True, num_samples=10**9),
+    )
     train_losses, val_losses = [], []
     it, val_it = iter(loader), iter(val_loader)
     for _ in range(steps):
@@ -58,7 +62,9 @@ def main(steps: int, out_dir: str, device: str = "cpu") -> None:
             x, y = x.to(dev), y.to(dev)
             total += loss_fn(model(x), y).item() * len(y)
             n += len(y)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(out_dir) / "ckpt.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(out_dir) / "ckpt.pt"
+    )
     print(f"train {train_losses[0]:.3f} -> {train_losses[-1]:.3f}, val {total / n:.3f}")
 
 

@@ -42,22 +42,43 @@ def main() -> None:
     args = ap.parse_args()
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
-        engine = [sys.executable, "-m", "cockpit", "run", "presets/quickstart.yaml", "--stages", "train",
-                  "--set", f"train.steps={args.steps}", "--set", f"train.eval_every={args.steps}",
-                  "--set", f"train.checkpoint_every={args.steps}", "--set", f"device={args.device}",
-                  "--workspace", str(Path(tmp) / "runs")]
+        engine = [
+            sys.executable,
+            "-m",
+            "cockpit",
+            "run",
+            "presets/quickstart.yaml",
+            "--stages",
+            "train",
+            "--set",
+            f"train.steps={args.steps}",
+            "--set",
+            f"train.eval_every={args.steps}",
+            "--set",
+            f"train.checkpoint_every={args.steps}",
+            "--set",
+            f"device={args.device}",
+            "--workspace",
+            str(Path(tmp) / "runs"),
+        ]
         base = [sys.executable, "benchmarks/handwritten_loop.py", str(args.steps), tmp, args.device]
         timed(base)  # warm the file cache for torch's libraries
-        print(f"{args.steps} steps of presets/quickstart.yaml on {args.device}, whole processes, alternating")
+        print(
+            f"{args.steps} steps of presets/quickstart.yaml on {args.device}, whole processes, alternating"
+        )
         for i in range(args.repeats):
             if i % 2 == 0:
                 b, e = timed(base), timed(engine)
             else:
                 e, b = timed(engine), timed(base)
             ratios.append(e / b)
-            print(f"  pair {i + 1}: hand-written {b:6.2f} s   cockpit train stage {e:6.2f} s   ratio {e / b:.3f}")
-    print(f"median ratio engine / hand-written: {statistics.median(ratios):.3f} "
-          f"(target ≤ 1.15; {100 * (statistics.median(ratios) - 1):+.1f}% wall time)")
+            print(
+                f"  pair {i + 1}: hand-written {b:6.2f} s   cockpit train stage {e:6.2f} s   ratio {e / b:.3f}"
+            )
+    print(
+        f"median ratio engine / hand-written: {statistics.median(ratios):.3f} "
+        f"(target ≤ 1.15; {100 * (statistics.median(ratios) - 1):+.1f}% wall time)"
+    )
 
 
 if __name__ == "__main__":

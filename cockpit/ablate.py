@@ -66,12 +66,18 @@ def parse_grid(specs: list[str]) -> list[tuple[str, list[Any]]]:
         key, sep, values = spec.partition("=")
         key = key.strip()
         if not sep or not _KEY.match(key):
-            raise UsageError(f"--grid {spec}: expected KEY=V1,V2,... with a dotted key, e.g. --grid optimizer.lr=1e-4,3e-4.")
+            raise UsageError(
+                f"--grid {spec}: expected KEY=V1,V2,... with a dotted key, e.g. --grid optimizer.lr=1e-4,3e-4."
+            )
         texts = split_values(values)
         if not values.strip() or any(not t for t in texts):
-            raise UsageError(f"--grid {spec}: a value is empty; give values separated by commas, e.g. --grid {key}=1e-4,3e-4.")
+            raise UsageError(
+                f"--grid {spec}: a value is empty; give values separated by commas, e.g. --grid {key}=1e-4,3e-4."
+            )
         if any(k == key for k, _ in grid):
-            raise UsageError(f"--grid {key} is given twice; put all its values in one --grid {key}=V1,V2,...")
+            raise UsageError(
+                f"--grid {key} is given twice; put all its values in one --grid {key}=V1,V2,..."
+            )
         top = key.split(".")[0]
         if top not in SCHEMA and top not in STAGES:
             raise UsageError(f"--grid {spec}: '{top}' is not a preset key{_suggest(top)}.")
@@ -98,7 +104,9 @@ def plan(args: argparse.Namespace) -> tuple[Preset, list[tuple[dict, Preset]], d
     base = presets.load(args.preset, sets)
     stages = parse_stages(args.stages) or list(DEFAULT_STAGES)
     if args.parallel is not None and args.parallel < 1:
-        raise UsageError(f"--parallel {args.parallel}: give how many runs may go at once, 1 or more.")
+        raise UsageError(
+            f"--parallel {args.parallel}: give how many runs may go at once, 1 or more."
+        )
     grid = parse_grid(args.grid)
     points = grid_points(grid) if grid else [dict(a) for a in base.get("ablations") or []]
     if not points:
@@ -136,7 +144,9 @@ def placement(runs: list[tuple[dict, Preset]], workspace: Path, parallel: int | 
     try:
         gpus = slots.gpu_indices()
         for _, preset in runs:
-            slots.check_fits(*slots.demand(preset.data, gpus, slots.cpu_slot_count(workspace)), gpus)
+            slots.check_fits(
+                *slots.demand(preset.data, gpus, slots.cpu_slot_count(workspace)), gpus
+            )
     except slots.SlotError as e:
         raise UsageError(str(e)) from None
     return parallel or (None if gpus else 1)
@@ -150,17 +160,27 @@ def run_ablation(args: argparse.Namespace) -> int:
     parallel = placement(runs, workspace, args.parallel)
     group = new_run_id(f"{base.name}-ablate")
     folders = [
-        create_run(workspace, preset, overrides={**sets, **point}, stages=stages, group=group,
-                   extra={"group_parallel": parallel, "ablation_point": point})
+        create_run(
+            workspace,
+            preset,
+            overrides={**sets, **point},
+            stages=stages,
+            group=group,
+            extra={"group_parallel": parallel, "ablation_point": point},
+        )
         for point, preset in runs
     ]
     procs = [start_engine(f) for f in folders]
     cap = f"{parallel} at a time" if parallel else "one per free GPU"
-    print(f"ablation {group}: {len(folders)} runs of {base.name} ({', '.join(stages)}), {cap} · {workspace}")
+    print(
+        f"ablation {group}: {len(folders)} runs of {base.name} ({', '.join(stages)}), {cap} · {workspace}"
+    )
     if args.detach:
         for folder, (point, _) in zip(folders, runs):
             print(f"  {folder.run_id}  {_point_text(point)}")
-        print(f"  watch them: cockpit ls   ·   stop them: cockpit kill {' '.join(f.run_id for f in folders)}")
+        print(
+            f"  watch them: cockpit ls   ·   stop them: cockpit kill {' '.join(f.run_id for f in folders)}"
+        )
         return 0
     interrupted = follow(folders, procs, [p for p, _ in runs])
     rows = group_rows(folders)
@@ -189,7 +209,10 @@ def follow(folders: list[RunFolder], procs: list[subprocess.Popen], points: list
                 mark = (status, state.get("queue"))
                 if seen.get(folder.run_id) != mark:
                     seen[folder.run_id] = mark
-                    print(f"  {folder.run_id:<{width}}  {_point_text(point)}  {_status_text(state)}", flush=True)
+                    print(
+                        f"  {folder.run_id:<{width}}  {_point_text(point)}  {_status_text(state)}",
+                        flush=True,
+                    )
             if not live:
                 return False
             time.sleep(0.5)
@@ -221,19 +244,23 @@ def group_rows(folders: list[RunFolder]) -> list[dict]:
         snap = folder.snapshot()
         tail = [x for x in folder.last_steps(10)["train_loss"] if math.isfinite(x)]
         last_eval = folder.last_eval() or {}
-        rows.append({
-            "run_id": folder.run_id,
-            "overrides": state.get("overrides") or {},
-            "point": folder.request().get("ablation_point") or {},
-            "status": state.get("status", "?"),
-            "reason": state.get("reason") or "",
-            "pruned": state.get("pruned"),
-            "step": snap.step,
-            "train_loss": sum(tail) / len(tail) if tail else math.nan,
-            "val_loss": last_eval.get("val_loss") if last_eval.get("val_loss") is not None else math.nan,
-            "metric_name": snap.metric_name,
-            "metric": snap.metric,
-        })
+        rows.append(
+            {
+                "run_id": folder.run_id,
+                "overrides": state.get("overrides") or {},
+                "point": folder.request().get("ablation_point") or {},
+                "status": state.get("status", "?"),
+                "reason": state.get("reason") or "",
+                "pruned": state.get("pruned"),
+                "step": snap.step,
+                "train_loss": sum(tail) / len(tail) if tail else math.nan,
+                "val_loss": last_eval.get("val_loss")
+                if last_eval.get("val_loss") is not None
+                else math.nan,
+                "metric_name": snap.metric_name,
+                "metric": snap.metric,
+            }
+        )
     return rows
 
 
@@ -255,17 +282,36 @@ def format_table(rows: list[dict], keys: list[str]) -> str:
     """Overrides against final numbers; ★ marks the best run."""
     metric = next((r["metric_name"] for r in rows if r["metric_name"]), "")
     best = best_row(rows)
-    header = ["", "RUN", *keys, "STATUS", "STEP", "TRAIN LOSS", "VAL LOSS", *([metric.upper()] if metric else [])]
+    header = [
+        "",
+        "RUN",
+        *keys,
+        "STATUS",
+        "STEP",
+        "TRAIN LOSS",
+        "VAL LOSS",
+        *([metric.upper()] if metric else []),
+    ]
     table = [header]
     for r in rows:
         status = "pruned" if r["pruned"] else r["status"]
-        line = ["★" if r is best else "", r["run_id"], *[_value_text(r["point"].get(k, "-")) for k in keys],
-                status, str(r["step"] or "-"), _num(r["train_loss"]), _num(r["val_loss"])]
+        line = [
+            "★" if r is best else "",
+            r["run_id"],
+            *[_value_text(r["point"].get(k, "-")) for k in keys],
+            status,
+            str(r["step"] or "-"),
+            _num(r["train_loss"]),
+            _num(r["val_loss"]),
+        ]
         if metric:
             line.append(_num(r["metric"]))
         table.append(line)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    notes = [f"  {r['run_id']}: {r['reason']}" for r in rows if r["status"] not in ("passed",) and r["reason"]]
+    notes = [
+        f"  {r['run_id']}: {r['reason']}"
+        for r in rows
+        if r["status"] not in ("passed",) and r["reason"]
+    ]
     return "\n".join(out + notes)
-

@@ -29,25 +29,41 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     ws = argparse.ArgumentParser(add_help=False)
-    ws.add_argument("--workspace", metavar="DIR", help="where runs live (default: $COCKPIT_WORKSPACE or ./runs)")
+    ws.add_argument(
+        "--workspace", metavar="DIR", help="where runs live (default: $COCKPIT_WORKSPACE or ./runs)"
+    )
 
     sets = argparse.ArgumentParser(add_help=False)
-    sets.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a preset key by dotted path; VALUE is YAML (repeatable)")
+    sets.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key by dotted path; VALUE is YAML (repeatable)",
+    )
     sets.add_argument("--stages", metavar="a,b,...", help="run only these stages, in this order")
 
     p = argparse.ArgumentParser(
-        prog="cockpit", parents=[ws],
+        prog="cockpit",
+        parents=[ws],
         description="A terminal cockpit for training runs: the ladder of sanity checks, per-batch "
-                    "curves, GPU vs data-loader wait, parallel ablations.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "curves, GPU vs data-loader wait, parallel ablations.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", parents=[ws, sets], help="walk the ladder on a preset",
-                         description="Start an engine on PRESET and print each stage's verdict as it lands.")
+    run = sub.add_parser(
+        "run",
+        parents=[ws, sets],
+        help="walk the ladder on a preset",
+        description="Start an engine on PRESET and print each stage's verdict as it lands.",
+    )
     run.add_argument("preset", metavar="PRESET", help="a YAML preset, e.g. presets/quickstart.yaml")
-    run.add_argument("--detach", action="store_true", help="leave the run going in the background and return")
+    run.add_argument(
+        "--detach", action="store_true", help="leave the run going in the background and return"
+    )
 
     ls = sub.add_parser("ls", parents=[ws], help="list the workspace's runs")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -58,13 +74,25 @@ def _parser() -> argparse.ArgumentParser:
     fork = sub.add_parser("fork", parents=[ws, sets], help="a child run from RUN's resolved preset")
     fork.add_argument("run", metavar="RUN")
     fork.add_argument("--warm", action="store_true", help="start from RUN's latest checkpoint")
-    fork.add_argument("--detach", action="store_true", help="return at once instead of following the child")
+    fork.add_argument(
+        "--detach", action="store_true", help="return at once instead of following the child"
+    )
 
     ab = sub.add_parser("ablate", parents=[ws, sets], help="one run per grid point")
     ab.add_argument("preset", metavar="PRESET")
-    ab.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                    help="values to try for KEY (several --grid make a product)")
-    ab.add_argument("--parallel", type=int, metavar="N", help="runs at a time (default: one per free GPU, else 1)")
+    ab.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values to try for KEY (several --grid make a product)",
+    )
+    ab.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="runs at a time (default: one per free GPU, else 1)",
+    )
     ab.add_argument("--detach", action="store_true", help="queue the runs and return")
     return p
 
@@ -76,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             from cockpit.app import run_app
 
             return run_app(args.workspace)
-        handler = {"run": cmd_run, "ls": cmd_ls, "kill": cmd_kill, "fork": cmd_fork, "ablate": cmd_ablate}
+        handler = {
+            "run": cmd_run,
+            "ls": cmd_ls,
+            "kill": cmd_kill,
+            "fork": cmd_fork,
+            "ablate": cmd_ablate,
+        }
         return handler[args.command](args)
     except (PresetError, UsageError, LookupError) as e:
         msg = str(e).strip("'\"") if isinstance(e, LookupError) else str(e)
@@ -112,7 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.sets)
     preset = presets.load(args.preset, overrides)
     stages = parse_stages(args.stages)
-    folder = create_run(resolve_workspace(args.workspace), preset, overrides=overrides, stages=stages)
+    folder = create_run(
+        resolve_workspace(args.workspace), preset, overrides=overrides, stages=stages
+    )
     proc = start_engine(folder)
     if args.detach:
         print(f"{folder.run_id} started in the background · {folder.path}")
@@ -135,7 +171,9 @@ def watch(folder, proc) -> int:
         interrupts["n"] += 1
         if interrupts["n"] == 1:
             interrupts["at"] = time.monotonic()
-            p.line(p.paint("  stopping at the next step boundary (Ctrl-C again to kill it now)…", "33"))
+            p.line(
+                p.paint("  stopping at the next step boundary (Ctrl-C again to kill it now)…", "33")
+            )
             eng = launch.engine_process(folder)
             if eng is not None:
                 import signal
@@ -156,15 +194,24 @@ def watch(folder, proc) -> int:
     status = summary.get("status", "error")
     if summary.get("error_kind") == "preset" or rc == 2:
         p.line()
-        print(f"cockpit: {summary.get('reason') or 'the preset is wrong (see engine.log)'}", file=sys.stderr)
+        print(
+            f"cockpit: {summary.get('reason') or 'the preset is wrong (see engine.log)'}",
+            file=sys.stderr,
+        )
         return 2
     if status in ("queued", "running"):  # the engine died without a word
         status = "error"
-        summary["reason"] = f"the engine exited with code {rc} without finishing; see {folder.file('engine.log')}"
-    took = (summary.get("ended") or time.time()) - (summary.get("started") or summary.get("created") or time.time())
+        summary["reason"] = (
+            f"the engine exited with code {rc} without finishing; see {folder.file('engine.log')}"
+        )
+    took = (summary.get("ended") or time.time()) - (
+        summary.get("started") or summary.get("created") or time.time()
+    )
     n = len(summary.get("stages", []))
     tail = f" — {summary['reason']}" if status != "passed" and summary.get("reason") else ""
-    p.line(f"{p.paint(status, COLOR.get(status, '0'))} · {n} stage{'s' if n != 1 else ''} in {took:.1f} s{tail}")
+    p.line(
+        f"{p.paint(status, COLOR.get(status, '0'))} · {n} stage{'s' if n != 1 else ''} in {took:.1f} s{tail}"
+    )
     p.line(p.paint(f"  run folder: {folder.path}", "2"))
     return 0 if status == "passed" else 1
 
@@ -201,8 +248,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for s in snaps:
         metric = f"{s.metric_name} {_fmt(s.metric, 3)}" if s.metric_name else "-"
         status = s.status + (f" ({s.queue})" if s.status == "queued" and s.queue else "")
-        rows.append((s.run_id, s.preset, status, s.stage or "-", str(s.step or "-"),
-                     _fmt(s.train_loss), _fmt(s.val_loss), metric, _age(s.created)))
+        rows.append(
+            (
+                s.run_id,
+                s.preset,
+                status,
+                s.stage or "-",
+                str(s.step or "-"),
+                _fmt(s.train_loss),
+                _fmt(s.val_loss),
+                metric,
+                _age(s.created),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -225,8 +283,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
     folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
     for f, (was_running, seconds) in zip(folders, stop_many(folders)):
         if was_running:
-            print(f"{f.run_id}: killed in {seconds:.1f} s, its processes gone and its slot free "
-                  f"(data kept in {f.path})")
+            print(
+                f"{f.run_id}: killed in {seconds:.1f} s, its processes gone and its slot free "
+                f"(data kept in {f.path})"
+            )
         else:
             print(f"{f.run_id}: not running ({f.state().get('status')})")
     return 0
@@ -238,7 +298,9 @@ def cmd_fork(args: argparse.Namespace) -> int:
 
     ws = resolve_workspace(args.workspace)
     parent = find_run(ws, args.run)
-    folder, proc = fork_run(ws, parent, parse_sets(args.sets), warm=args.warm, stages=parse_stages(args.stages))
+    folder, proc = fork_run(
+        ws, parent, parse_sets(args.sets), warm=args.warm, stages=parse_stages(args.stages)
+    )
     how = f"warm from its step {folder.request().get('fork_step')}" if args.warm else "cold"
     if args.detach:
         print(f"{folder.run_id} forked from {parent.run_id} ({how}) · {folder.path}")

@@ -14,8 +14,16 @@ from typing import TextIO
 from engine.runfolder import JsonlTail, RunFolder, StepsTail
 
 MARK = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "·"}
-COLOR = {"pass": "32", "warn": "33", "fail": "31", "skip": "2", "passed": "32", "failed": "31",
-         "error": "31", "killed": "35"}
+COLOR = {
+    "pass": "32",
+    "warn": "33",
+    "fail": "31",
+    "skip": "2",
+    "passed": "32",
+    "failed": "31",
+    "error": "31",
+    "killed": "35",
+}
 
 
 class Printer:
@@ -53,7 +61,9 @@ def stage_line(p: Printer, record: dict, width: int = 20) -> None:
     secs = record.get("seconds")
     took = f"  ({secs:.1f} s)" if isinstance(secs, (int, float)) else ""
     name = record.get("stage") or record.get("name", "")
-    p.line(f"  {mark} {name:<{width}} {p.paint(f'{status:<4}', COLOR.get(status, '0'))}  {record.get('reason', '')}{took}")
+    p.line(
+        f"  {mark} {name:<{width}} {p.paint(f'{status:<4}', COLOR.get(status, '0'))}  {record.get('reason', '')}{took}"
+    )
     if status in ("warn", "fail"):
         for c in record.get("checks", []):
             if c.get("status") in ("warn", "fail") and c.get("detail") != record.get("reason"):
@@ -61,8 +71,15 @@ def stage_line(p: Printer, record: dict, width: int = 20) -> None:
                 p.line(f"      {cm} {c['name']}: {c['detail']}")
 
 
-def follow(folder: RunFolder, proc: subprocess.Popen | None, p: Printer, *, poll: float = 0.2,
-           on_interrupt=None, tick=None) -> dict:
+def follow(
+    folder: RunFolder,
+    proc: subprocess.Popen | None,
+    p: Printer,
+    *,
+    poll: float = 0.2,
+    on_interrupt=None,
+    tick=None,
+) -> dict:
     """Print events until the engine exits; returns the final summary."""
     events = JsonlTail(folder.file("events.jsonl"))
     steps = StepsTail(folder.file("steps.bin"))
@@ -77,7 +94,12 @@ def follow(folder: RunFolder, proc: subprocess.Popen | None, p: Printer, *, poll
                 kind = ev.get("event")
                 if kind == "run_start":
                     gpus = ev.get("gpus")
-                    p.line(p.paint("  started" + (f" on GPU {','.join(map(str, gpus))}" if gpus else ""), "2"))
+                    p.line(
+                        p.paint(
+                            "  started" + (f" on GPU {','.join(map(str, gpus))}" if gpus else ""),
+                            "2",
+                        )
+                    )
                 elif kind == "stage_start":
                     current = ev.get("stage")
                 elif kind == "stage_end":
@@ -92,7 +114,9 @@ def follow(folder: RunFolder, proc: subprocess.Popen | None, p: Printer, *, poll
             if current and len(cols) and now - last_progress > 0.25:
                 last_progress = now
                 loss = cols["train_loss"][-1]
-                p.status(f"  … {current:<{width}} step {int(cols['step'][-1])}  train loss {_num(loss)}")
+                p.status(
+                    f"  … {current:<{width}} step {int(cols['step'][-1])}  train loss {_num(loss)}"
+                )
             elif not current and now - last_progress > 1.0:
                 last_progress = now
                 summary = folder.summary()

@@ -24,9 +24,15 @@ def parent_preset(parent: RunFolder) -> Preset:
     return preset
 
 
-def fork_run(workspace: Path, parent: RunFolder, overrides: dict[str, Any], *, warm: bool = False,
-             stages: list[str] | None = None, start: bool = True
-             ) -> tuple[RunFolder, subprocess.Popen | None]:
+def fork_run(
+    workspace: Path,
+    parent: RunFolder,
+    overrides: dict[str, Any],
+    *,
+    warm: bool = False,
+    stages: list[str] | None = None,
+    start: bool = True,
+) -> tuple[RunFolder, subprocess.Popen | None]:
     """Create (and start) a child of ``parent``; ``warm`` restores its latest checkpoint."""
     base = parent_preset(parent)
     preset = apply_overrides(base, overrides) if overrides else base
@@ -46,8 +52,14 @@ def fork_run(workspace: Path, parent: RunFolder, overrides: dict[str, Any], *, w
     if stages is None:
         stages = ["train"] if warm else req.get("stages")
     folder = create_run(
-        workspace, preset, overrides=inherited, stages=stages, parent=parent.run_id,
-        fork_step=fork_step, warm_from=warm_from, group=req.get("group"),
+        workspace,
+        preset,
+        overrides=inherited,
+        stages=stages,
+        parent=parent.run_id,
+        fork_step=fork_step,
+        warm_from=warm_from,
+        group=req.get("group"),
         extra={"preset_dir": req.get("preset_dir") or str(preset.folder)},
     )
     proc = start_engine(folder) if start else None

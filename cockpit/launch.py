@@ -76,18 +76,20 @@ def create_run(
     }
     write_json_atomic(folder.file("run.json"), request)
     folder.file("preset.yaml").write_text(preset.to_yaml())
-    folder.write_summary({
-        "run_id": run_id,
-        "preset": preset.name,
-        "status": "queued",
-        "parent": parent,
-        "fork_step": fork_step,
-        "overrides": overrides or {},
-        "stages": [],
-        "stage_names": stages or preset.stages(),
-        "group": group,
-        "created": now,
-    })
+    folder.write_summary(
+        {
+            "run_id": run_id,
+            "preset": preset.name,
+            "status": "queued",
+            "parent": parent,
+            "fork_step": fork_step,
+            "overrides": overrides or {},
+            "stages": [],
+            "stage_names": stages or preset.stages(),
+            "group": group,
+            "created": now,
+        }
+    )
     return folder
 
 
@@ -102,16 +104,26 @@ def start_engine(folder: RunFolder) -> subprocess.Popen:
     with open(folder.file("engine.log"), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine", str(folder.path.resolve())],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
         )
     try:
         created = psutil.Process(proc.pid).create_time()
     except psutil.Error:
         created = 0.0
-    write_json_atomic(folder.file("proc.json"), {
-        "pid": proc.pid, "pgid": proc.pid, "create_time": created, "host": socket.gethostname(),
-    })
+    write_json_atomic(
+        folder.file("proc.json"),
+        {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "create_time": created,
+            "host": socket.gethostname(),
+        },
+    )
     return proc
 
 
@@ -147,7 +159,10 @@ def recorded_processes(folder: RunFolder) -> list[psutil.Process]:
             continue
         try:
             q = psutil.Process(int(row["pid"]))
-            if abs(q.create_time() - float(row.get("create_time", 0))) <= 1.0 and q.status() != psutil.STATUS_ZOMBIE:
+            if (
+                abs(q.create_time() - float(row.get("create_time", 0))) <= 1.0
+                and q.status() != psutil.STATUS_ZOMBIE
+            ):
                 out.append(q)
         except (psutil.Error, KeyError, ValueError, TypeError):
             continue
@@ -210,8 +225,9 @@ def _merge(a: list[psutil.Process], b: list[psutil.Process]) -> list[psutil.Proc
     return a + [x for x in b if x.pid not in seen]
 
 
-def kill_tree(tree: list[psutil.Process], pgid: int | None = None,
-              leader_created: float | None = None) -> None:
+def kill_tree(
+    tree: list[psutil.Process], pgid: int | None = None, leader_created: float | None = None
+) -> None:
     """SIGKILL ``tree`` and whatever is left in the engine's process group, then reap."""
     if pgid:
         tree = _merge(tree, group_members(int(pgid), leader_created))
@@ -247,7 +263,11 @@ def group_members(pgid: int, leader_created: float | None) -> list[psutil.Proces
         try:
             if os.getpgid(q.pid) != pgid:
                 continue
-            if q.pid == pgid and leader_created is not None and abs(q.create_time() - float(leader_created)) > 1.0:
+            if (
+                q.pid == pgid
+                and leader_created is not None
+                and abs(q.create_time() - float(leader_created)) > 1.0
+            ):
                 return []
             members.append(q)
         except (psutil.Error, OSError):

@@ -14,8 +14,14 @@ from engine.runfolder import RunFolder, write_json_atomic
 KEEP = 3  # step checkpoints kept besides the newest
 
 
-def save(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-         step: int, stage: str, extra: dict[str, Any] | None = None) -> Path:
+def save(
+    folder: RunFolder,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    stage: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     out = folder.file("checkpoints")
     out.mkdir(exist_ok=True)
     name = f"step_{step:09d}.pt"
@@ -34,7 +40,7 @@ def save(folder: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optim
         os.fsync(f.fileno())
     os.replace(tmp, out / name)
     write_json_atomic(out / "latest.json", {"file": name, "step": step, "stage": stage})
-    old = sorted(out.glob("step_*.pt"))[:-KEEP - 1]
+    old = sorted(out.glob("step_*.pt"))[: -KEEP - 1]
     for p in old:
         try:
             p.unlink()
@@ -47,8 +53,9 @@ def load(path: str | Path, device: torch.device) -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=False)
 
 
-def warm_start(state: dict[str, Any], model: torch.nn.Module,
-               optimizer: torch.optim.Optimizer) -> tuple[int, str]:
+def warm_start(
+    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, str]:
     """Model weights always; optimizer state only where it still fits the new settings.
 
     Returns (the step to continue from, a sentence on what was restored)."""
@@ -59,7 +66,8 @@ def warm_start(state: dict[str, Any], model: torch.nn.Module,
         current = optimizer.state_dict()
         same_kind = state.get("optimizer_class") in (None, type(optimizer).__name__)
         shapes_fit = len(saved["param_groups"]) == len(current["param_groups"]) and all(
-            len(a["params"]) == len(b["params"]) for a, b in zip(saved["param_groups"], current["param_groups"])
+            len(a["params"]) == len(b["params"])
+            for a, b in zip(saved["param_groups"], current["param_groups"])
         )
         if same_kind and shapes_fit:
             fresh = [{k: v for k, v in g.items() if k != "params"} for g in current["param_groups"]]

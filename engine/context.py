@@ -61,7 +61,9 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserCodeError(f"the preset asks for device {spec}, but this machine has no usable CUDA GPU; use device: auto or cpu")
+        raise UserCodeError(
+            f"the preset asks for device {spec}, but this machine has no usable CUDA GPU; use device: auto or cpu"
+        )
     return torch.device(spec)
 
 
@@ -94,7 +96,9 @@ class RunContext:
         self.verdicts: dict[str, Any] = {}  # stage name -> Verdict, as the ladder goes
         self.last_step = 0
         self.eval_listeners: list = []  # called as f(step, metrics) after each full-val evaluation
-        self.pruned: dict | None = None  # set with stop_requested when the pruning rule stops the run
+        self.pruned: dict | None = (
+            None  # set with stop_requested when the pruning rule stops the run
+        )
 
     # ---- building ----------------------------------------------------------------
     def seed_everything(self, offset: int = 0) -> None:
@@ -114,12 +118,15 @@ class RunContext:
             raise targets.PresetError(
                 f"{self.preset.where('data')}: data: {self.preset.get('data._target_')} must return "
                 f"(train_set, val_set), got {type(out).__name__}"
-                + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "") + "."
+                + (f" of {len(out)} items" if isinstance(out, (tuple, list)) else "")
+                + "."
             )
         train, val = out
         for name, ds in (("train", train), ("val", val)):
             if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
-                raise UserCodeError(f"the {name} set ({type(ds).__name__}) is not a map-style dataset (needs __len__ and __getitem__)")
+                raise UserCodeError(
+                    f"the {name} set ({type(ds).__name__}) is not a map-style dataset (needs __len__ and __getitem__)"
+                )
             if len(ds) == 0:
                 raise UserCodeError(f"the {name} set is empty")
         return DataSets(train, val)
@@ -135,8 +142,9 @@ class RunContext:
             )
         return model.to(self.device)
 
-    def build_optimizer(self, model: nn.Module, *, lr: float | None = None,
-                        no_weight_decay: bool = False) -> torch.optim.Optimizer:
+    def build_optimizer(
+        self, model: nn.Module, *, lr: float | None = None, no_weight_decay: bool = False
+    ) -> torch.optim.Optimizer:
         """The preset's optimizer; ``no_weight_decay`` also zeroes defaults such as AdamW's."""
         extra: dict[str, Any] = {}
         if lr is not None:
@@ -167,14 +175,20 @@ class RunContext:
                 kw["prefetch_factor"] = self.preset.get("prefetch_factor")
         return kw
 
-    def train_loader(self, dataset: Dataset | None = None, batch_size: int | None = None,
-                     shuffle: bool = True, workers: bool = True) -> DataLoader:
+    def train_loader(
+        self,
+        dataset: Dataset | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        workers: bool = True,
+    ) -> DataLoader:
         ds = dataset if dataset is not None else self.data.train
         bs = batch_size or self.preset.get("batch_size")
         kw = self.loader_kwargs() if workers else {}
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=g,
-                          drop_last=len(ds) >= 2 * bs, **kw)
+        return DataLoader(
+            ds, batch_size=bs, shuffle=shuffle, generator=g, drop_last=len(ds) >= 2 * bs, **kw
+        )
 
     def train_batches(self, **kw: Any) -> Iterator:
         from engine.loop import EpochIterator
@@ -186,8 +200,12 @@ class RunContext:
         from engine.loop import ForeverSampler
 
         bs = self.preset.get("val_batch_size") or self.preset.get("batch_size")
-        loader = DataLoader(self.data.val, batch_size=min(bs, len(self.data.val)),
-                            sampler=ForeverSampler(len(self.data.val), self.seed + 1), **self.loader_kwargs())
+        loader = DataLoader(
+            self.data.val,
+            batch_size=min(bs, len(self.data.val)),
+            sampler=ForeverSampler(len(self.data.val), self.seed + 1),
+            **self.loader_kwargs(),
+        )
         return iter(loader)
 
     def val_loader(self) -> DataLoader:
@@ -205,7 +223,10 @@ class RunContext:
         self.last_step = rows[-1].step
         stage = float(self.stage_index)
         self._steps_out.append_many(
-            [(r.step, r.time, stage, r.train_loss, r.val_loss, r.data_s, r.step_s, r.gpu_s, r.lr) for r in rows]
+            [
+                (r.step, r.time, stage, r.train_loss, r.val_loss, r.data_s, r.step_s, r.gpu_s, r.lr)
+                for r in rows
+            ]
         )
 
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:

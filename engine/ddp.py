@@ -101,9 +101,24 @@ def record_process(folder: RunFolder, pid: int, role: str) -> None:
 
 
 def torchrun_command(folder: RunFolder, stage: str, index: int, nproc: int) -> list[str]:
-    rendezvous = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, "")) or ["--standalone", "--nnodes", "1"]
-    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(nproc),
-            "-m", "engine.ddp", str(folder.path.resolve()), stage, str(index)]
+    rendezvous = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, "")) or [
+        "--standalone",
+        "--nnodes",
+        "1",
+    ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "engine.ddp",
+        str(folder.path.resolve()),
+        stage,
+        str(index),
+    ]
 
 
 def run_stage(ctx: RunContext, stage: str) -> dict:
@@ -121,7 +136,9 @@ def run_stage(ctx: RunContext, stage: str) -> dict:
         old.unlink()
     nproc = world_size(ctx.preset)
     env = os.environ.copy()
-    env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // nproc))  # the ranks share our cores
+    env["OMP_NUM_THREADS"] = str(
+        max(1, torch.get_num_threads() // nproc)
+    )  # the ranks share our cores
     me = psutil.Process()
     env[ENGINE_ENV] = f"{me.pid}:{me.create_time()}"
     cmd = torchrun_command(folder, stage, ctx.stage_index, nproc)
@@ -192,7 +209,9 @@ def verdict_from_json(d: dict) -> Verdict:
 
 
 def crash_verdict(result: dict) -> Verdict:
-    reason = f"DDP on {result['world']} processes crashed: {result['error']} (traceback in engine.log)"
+    reason = (
+        f"DDP on {result['world']} processes crashed: {result['error']} (traceback in engine.log)"
+    )
     return Verdict("fail", reason, [Check("ddp_runs", "fail", reason)])
 
 
@@ -242,7 +261,9 @@ def join(preset: Preset) -> RankInfo:
         device, backend = torch.device("cpu"), "gloo"
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV) or 600))
     # NCCL: binding the device up front lets it build its communicator at once, on that GPU
-    dist.init_process_group(backend, timeout=timeout, device_id=device if backend == "nccl" else None)
+    dist.init_process_group(
+        backend, timeout=timeout, device_id=device if backend == "nccl" else None
+    )
     return RankInfo(rank, local, dist.get_world_size(), device, backend)
 
 
@@ -290,10 +311,16 @@ class ShardedEpochs(EpochIterator):
 def sharded_loader(ctx: RunContext, info: RankInfo) -> DataLoader:
     data = ctx.data.train
     bs = ctx.preset.get("batch_size")
-    sampler = DistributedSampler(data, num_replicas=info.world, rank=info.rank, shuffle=True,
-                                 seed=ctx.seed, drop_last=True)
-    return DataLoader(data, batch_size=bs, sampler=sampler, drop_last=len(sampler) >= 2 * bs,
-                      **ctx.loader_kwargs())
+    sampler = DistributedSampler(
+        data, num_replicas=info.world, rank=info.rank, shuffle=True, seed=ctx.seed, drop_last=True
+    )
+    return DataLoader(
+        data,
+        batch_size=bs,
+        sampler=sampler,
+        drop_last=len(sampler) >= 2 * bs,
+        **ctx.loader_kwargs(),
+    )
 
 
 def train(ctx: RunContext, s: Any, info: RankInfo) -> dict | None:
@@ -374,7 +401,11 @@ def train(ctx: RunContext, s: Any, info: RankInfo) -> dict | None:
         step += 1
         now = time.perf_counter()
         if readback is not None:
-            land(readback.push(step, t1 - t0, now - t_prev, optimizer.param_groups[0]["lr"], loss, vloss))
+            land(
+                readback.push(
+                    step, t1 - t0, now - t_prev, optimizer.param_groups[0]["lr"], loss, vloss
+                )
+            )
         t_prev = now
         if every and step % every == 0:
             if readback is not None:
@@ -389,8 +420,13 @@ def train(ctx: RunContext, s: Any, info: RankInfo) -> dict | None:
     if result.nonfinite_step is not None:
         result.stopped = "nonfinite"
         lr = optimizer.param_groups[0]["lr"]
-        return {"status": "done", "world": info.world,
-                "verdict": Verdict("fail", nonfinite_reason(result, lr), checks, {"steps": result.steps}).to_json()}
+        return {
+            "status": "done",
+            "world": info.world,
+            "verdict": Verdict(
+                "fail", nonfinite_reason(result, lr), checks, {"steps": result.steps}
+            ).to_json(),
+        }
     if stopped and (ctx.stop_requested or time.perf_counter() <= deadline):
         if step > start_step:
             checkpoint.save(ctx.folder, model, optimizer, step, "train")
@@ -519,9 +555,15 @@ def check(ctx: RunContext, s: Any, info: RankInfo) -> dict | None:
     worst = int(per_param.argmax())
     names = [n for n, _ in model.named_parameters()]
     return {
-        "status": "done", "world": info.world, "backend": info.backend, "device": device.type,
-        "global_batch": shards.batch * info.world, "losses": trajectory.tolist(),
-        "param_max_diff": float(per_param.max()), "param_worst": names[worst], "samples_per_s": sps,
+        "status": "done",
+        "world": info.world,
+        "backend": info.backend,
+        "device": device.type,
+        "global_batch": shards.batch * info.world,
+        "losses": trajectory.tolist(),
+        "param_max_diff": float(per_param.max()),
+        "param_worst": names[worst],
+        "samples_per_s": sps,
     }
 
 

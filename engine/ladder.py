@@ -25,9 +25,15 @@ class InitSettings:
     overlap_samples: int = _f(2000, "samples per split hashed to find train/val overlap")
     batches: int = _f(4, "batches averaged for the loss at init")
     max_params: int = _f(1_000_000, "warn above this many parameters: start simple")
-    loss_tolerance: float = _f(0.5, "warn when the loss at init is off its expected value by more than this fraction")
-    imbalance_ratio: float = _f(3.0, "warn when the most frequent class outnumbers the rarest by more than this")
-    pixel_imbalance_ratio: float = _f(50.0, "the same for segmentation pixels, where background usually dominates")
+    loss_tolerance: float = _f(
+        0.5, "warn when the loss at init is off its expected value by more than this fraction"
+    )
+    imbalance_ratio: float = _f(
+        3.0, "warn when the most frequent class outnumbers the rarest by more than this"
+    )
+    pixel_imbalance_ratio: float = _f(
+        50.0, "the same for segmentation pixels, where background usually dominates"
+    )
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,10 @@ class GeneralizeSettings:
     seconds: float = _f(45.0, "wall-time budget")
     val_every: int = _f(1, "a random val batch every this many steps")
     eval_every: int = _f(100, "full-val metrics every this many steps (and at both ends)")
-    margin: float = _f(0.02, "val loss must fall by at least this fraction of its start, and by more than its noise")
+    margin: float = _f(
+        0.02,
+        "val loss must fall by at least this fraction of its start, and by more than its noise",
+    )
 
 
 @dataclass(frozen=True)
@@ -98,23 +107,54 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in [
-        StageSpec("init", InitSettings, "engine.stages.init:InitStage",
-                  "data sanity, val determinism, train/val overlap, imbalance, size, tricks, loss at init, dead parameters"),
-        StageSpec("batch_independence", BatchIndependenceSettings,
-                  "engine.stages.batch_independence:BatchIndependenceStage",
-                  "no sample's output depends on another sample's input"),
-        StageSpec("overfit_one", OverfitSettings, "engine.stages.overfit:OverfitOneStage",
-                  "one sample, regularizers off: the loss must reach ~0"),
-        StageSpec("overfit_few", OverfitFewSettings, "engine.stages.overfit:OverfitFewStage",
-                  "5–10 samples: the loss must still reach ~0, so the output depends on the input"),
-        StageSpec("generalize", GeneralizeSettings, "engine.stages.generalize:GeneralizeStage",
-                  "full data: val loss falls by more than noise and beats the majority baseline"),
-        StageSpec("speed", SpeedSettings, "engine.stages.speed:SpeedStage",
-                  "data-only vs compute-only vs the real loop: names the bottleneck"),
-        StageSpec("train", TrainSettings, "engine.stages.train:TrainStage",
-                  "plain training with per-batch logging, full-val metrics and checkpoints"),
-        StageSpec("multi_gpu", MultiGpuSettings, "engine.stages.multi_gpu:MultiGpuStage",
-                  "DDP keeps ranks identical, matches one process, and scales"),
+        StageSpec(
+            "init",
+            InitSettings,
+            "engine.stages.init:InitStage",
+            "data sanity, val determinism, train/val overlap, imbalance, size, tricks, loss at init, dead parameters",
+        ),
+        StageSpec(
+            "batch_independence",
+            BatchIndependenceSettings,
+            "engine.stages.batch_independence:BatchIndependenceStage",
+            "no sample's output depends on another sample's input",
+        ),
+        StageSpec(
+            "overfit_one",
+            OverfitSettings,
+            "engine.stages.overfit:OverfitOneStage",
+            "one sample, regularizers off: the loss must reach ~0",
+        ),
+        StageSpec(
+            "overfit_few",
+            OverfitFewSettings,
+            "engine.stages.overfit:OverfitFewStage",
+            "5–10 samples: the loss must still reach ~0, so the output depends on the input",
+        ),
+        StageSpec(
+            "generalize",
+            GeneralizeSettings,
+            "engine.stages.generalize:GeneralizeStage",
+            "full data: val loss falls by more than noise and beats the majority baseline",
+        ),
+        StageSpec(
+            "speed",
+            SpeedSettings,
+            "engine.stages.speed:SpeedStage",
+            "data-only vs compute-only vs the real loop: names the bottleneck",
+        ),
+        StageSpec(
+            "train",
+            TrainSettings,
+            "engine.stages.train:TrainStage",
+            "plain training with per-batch logging, full-val metrics and checkpoints",
+        ),
+        StageSpec(
+            "multi_gpu",
+            MultiGpuSettings,
+            "engine.stages.multi_gpu:MultiGpuStage",
+            "DDP keeps ranks identical, matches one process, and scales",
+        ),
     ]
 }
 

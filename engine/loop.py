@@ -66,20 +66,33 @@ class Readback:
         if self.cuda:
             self.starts[self.next_slot].record()
 
-    def push(self, step: int, data_s: float, step_s: float, lr: float,
-             loss: torch.Tensor, vloss: torch.Tensor | None) -> list[Row]:
+    def push(
+        self,
+        step: int,
+        data_s: float,
+        step_s: float,
+        lr: float,
+        loss: torch.Tensor,
+        vloss: torch.Tensor | None,
+    ) -> list[Row]:
         now = time.time()
         if not self.cuda:
             v = vloss.detach().item() if vloss is not None else math.nan
             return [Row(step, now, loss.detach().item(), v, data_s, step_s, math.nan, lr)]
         slot = self.next_slot
-        pair = torch.stack([loss.detach().float(), (vloss.detach().float() if vloss is not None else self.nan)])
+        pair = torch.stack(
+            [loss.detach().float(), (vloss.detach().float() if vloss is not None else self.nan)]
+        )
         self.host[slot].copy_(pair, non_blocking=True)
         self.ends[slot].record()
-        self.pending.append(_Pending(step, now, data_s, step_s, lr, slot, self.starts[slot], self.ends[slot]))
+        self.pending.append(
+            _Pending(step, now, data_s, step_s, lr, slot, self.starts[slot], self.ends[slot])
+        )
         self.next_slot = (slot + 1) % self.depth
         ready = self.ready()
-        if len(self.pending) >= self.depth:  # the device is `depth` steps behind: wait for the oldest
+        if (
+            len(self.pending) >= self.depth
+        ):  # the device is `depth` steps behind: wait for the oldest
             self.pending[0].end.synchronize()
             ready += self.ready()
         return ready
@@ -207,7 +220,9 @@ def train_loop(
             ctx.log_steps(rows)
         result.rows.extend(rows)
         for r in rows:
-            if not math.isfinite(r.train_loss) or (not math.isnan(r.val_loss) and not math.isfinite(r.val_loss)):
+            if not math.isfinite(r.train_loss) or (
+                not math.isnan(r.val_loss) and not math.isfinite(r.val_loss)
+            ):
                 result.stopped = "nonfinite"
                 result.nonfinite_step = r.step
                 result.nonfinite_what = "train" if not math.isfinite(r.train_loss) else "val"
@@ -248,7 +263,9 @@ def train_loop(
         now = time.perf_counter()
         data_s = t1 - t0
         ctx.meter.add(data_s, now - t_prev)
-        stop = land(readback.push(step, data_s, now - t_prev, optimizer.param_groups[0]["lr"], loss, vloss))
+        stop = land(
+            readback.push(step, data_s, now - t_prev, optimizer.param_groups[0]["lr"], loss, vloss)
+        )
         t_prev = now
         if stop:
             break

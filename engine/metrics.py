@@ -13,7 +13,14 @@ from torch import nn
 from engine.loop import move
 
 MAIN_METRIC = {"classification": "accuracy", "segmentation": "miou", "regression": "mae"}
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "miou": True, "pixel_acc": True, "mae": False, "val_loss": False}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "macro_f1": True,
+    "miou": True,
+    "pixel_acc": True,
+    "mae": False,
+    "val_loss": False,
+}
 
 
 def _confusion(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
@@ -47,8 +54,14 @@ def scores_from_confusion(cm: torch.Tensor, task: str) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, loss_fn: nn.Module, task: str, device: torch.device,
-             max_batches: int | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    task: str,
+    device: torch.device,
+    max_batches: int | None = None,
+) -> dict[str, float]:
     """val_loss plus accuracy & macro-F1 / mIoU & pixel accuracy / MAE, over the val loader."""
     was_training = model.training
     model.eval()
@@ -78,7 +91,9 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, task: str, device: to
     model.train(was_training)
     result = {"val_loss": float(loss_sum) / max(n, 1)}
     if len(batch_losses) > 1:  # standard error of the mean over batches: the loss's own noise
-        result["val_loss_se"] = float(torch.stack(batch_losses).std() / math.sqrt(len(batch_losses)))
+        result["val_loss_se"] = float(
+            torch.stack(batch_losses).std() / math.sqrt(len(batch_losses))
+        )
     if task == "regression":
         result["mae"] = float(abs_sum) / max(count, 1)
     elif cm is not None:
@@ -86,7 +101,9 @@ def evaluate(model: nn.Module, loader, loss_fn: nn.Module, task: str, device: to
     return result
 
 
-def baseline(train_targets: torch.Tensor, val_targets: torch.Tensor, task: str, classes: int | None) -> dict[str, float]:
+def baseline(
+    train_targets: torch.Tensor, val_targets: torch.Tensor, task: str, classes: int | None
+) -> dict[str, float]:
     """What an input-blind predictor scores on val: the majority class, or the train median."""
     if task == "regression":
         median = train_targets.float().median(dim=0).values
@@ -99,7 +116,9 @@ def baseline(train_targets: torch.Tensor, val_targets: torch.Tensor, task: str, 
     return scores_from_confusion(_confusion(pred, flat, c), task)
 
 
-def collect_targets(dataset, limit: int = 20_000, loader_kwargs: dict | None = None) -> torch.Tensor:
+def collect_targets(
+    dataset, limit: int = 20_000, loader_kwargs: dict | None = None
+) -> torch.Tensor:
     """Targets of up to ``limit`` samples without decoding inputs where the dataset allows it:
     a TensorDataset's tensor, a torchvision-style ``targets`` attribute; else read through a
     DataLoader (with the preset's workers) from an evenly spread subset."""

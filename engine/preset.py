@@ -92,33 +92,59 @@ class Key:
 
 @dataclass(frozen=True)
 class PruneSettings:
-    rule: str = field(default="none", metadata={"doc": "'median': stop a run whose metric is worse than the median of its peers at the same step"})
-    metric: str = field(default="val_loss", metadata={"doc": "what to compare: val_loss, or a full-val metric such as accuracy"})
+    rule: str = field(
+        default="none",
+        metadata={
+            "doc": "'median': stop a run whose metric is worse than the median of its peers at the same step"
+        },
+    )
+    metric: str = field(
+        default="val_loss",
+        metadata={"doc": "what to compare: val_loss, or a full-val metric such as accuracy"},
+    )
     warmup_steps: int = field(default=100, metadata={"doc": "never prune before this step"})
     every: int = field(default=100, metadata={"doc": "compare at every this many steps"})
-    min_peers: int = field(default=2, metadata={"doc": "runs that must have reached the step before one is compared"})
+    min_peers: int = field(
+        default=2, metadata={"doc": "runs that must have reached the step before one is compared"}
+    )
 
 
 SCHEMA: dict[str, Key] = {
     "name": Key("str", None, "shown in the app and used in run ids (default: the file's stem)"),
-    "task": Key("choice", "classification", "decides the default loss, the metrics and the checks", TASKS),
+    "task": Key(
+        "choice", "classification", "decides the default loss, the metrics and the checks", TASKS
+    ),
     "seed": Key("int", 0, "seeds torch, python and the data order"),
     "device": Key("device", "auto", "auto | cpu | cuda | cuda:N"),
     "gpus": Key("nonneg_int", 1, "GPUs the run needs (0 = CPU); more than 1 trains under DDP"),
     "model": Key("target", None, "the model: target(**rest)"),
     "data": Key("target", None, "returns (train_set, val_set): target(**rest)"),
-    "loss": Key("target", None, "default: cross-entropy (classification, segmentation), MSE (regression)"),
-    "optimizer": Key("target", {"_target_": "torch.optim.Adam", "lr": 1e-3}, "target(model.parameters(), **rest)"),
-    "scheduler": Key("target", None, "optional LR schedule, target(optimizer, **rest), stepped every batch"),
+    "loss": Key(
+        "target", None, "default: cross-entropy (classification, segmentation), MSE (regression)"
+    ),
+    "optimizer": Key(
+        "target", {"_target_": "torch.optim.Adam", "lr": 1e-3}, "target(model.parameters(), **rest)"
+    ),
+    "scheduler": Key(
+        "target", None, "optional LR schedule, target(optimizer, **rest), stepped every batch"
+    ),
     "batch_size": Key("pos_int", 32, "train batch size"),
     "val_batch_size": Key("pos_int", None, "val batch size (default: batch_size)"),
     "num_workers": Key("nonneg_int", 0, "DataLoader workers (0 loads in the training process)"),
-    "pin_memory": Key("auto_bool", "auto", "pin host memory for faster copies (auto: on with CUDA)"),
-    "persistent_workers": Key("auto_bool", "auto", "keep workers between epochs (auto: on when num_workers > 0)"),
-    "prefetch_factor": Key("pos_int", None, "batches each worker loads ahead (PyTorch's default: 2)"),
+    "pin_memory": Key(
+        "auto_bool", "auto", "pin host memory for faster copies (auto: on with CUDA)"
+    ),
+    "persistent_workers": Key(
+        "auto_bool", "auto", "keep workers between epochs (auto: on when num_workers > 0)"
+    ),
+    "prefetch_factor": Key(
+        "pos_int", None, "batches each worker loads ahead (PyTorch's default: 2)"
+    ),
     "grad_clip": Key("pos_float", None, "clip the gradient norm to this value"),
     "stages": Key("stages", None, "stages to run, in order (default: the whole ladder)"),
-    "ablations": Key("ablations", None, "a list of override mappings, one run each, for `cockpit ablate`"),
+    "ablations": Key(
+        "ablations", None, "a list of override mappings, one run each, for `cockpit ablate`"
+    ),
     "prune": Key("section", None, "pruning rule for ablations"),
 }
 SECTIONS: dict[str, type] = {"prune": PruneSettings}
@@ -154,16 +180,24 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
     if c == "pos_float":
         return None if _is_num(value) and value > 0 else "a number > 0"
     if c == "device":
-        return None if isinstance(value, str) and _DEVICE.match(value) else "auto, cpu, cuda or cuda:N"
+        return (
+            None if isinstance(value, str) and _DEVICE.match(value) else "auto, cpu, cuda or cuda:N"
+        )
     if c == "auto_bool":
         return None if isinstance(value, bool) or value == "auto" else "true, false or auto"
     if c == "target":
         return None  # checked in detail by _check_target
     if c == "stages":
-        return None if isinstance(value, list) else "a list of stage names, e.g. [init, overfit_one]"
+        return (
+            None if isinstance(value, list) else "a list of stage names, e.g. [init, overfit_one]"
+        )
     if c == "ablations":
         ok = isinstance(value, list) and all(isinstance(a, dict) for a in value)
-        return None if ok else "a list of mappings of dotted keys to values, e.g. [{optimizer.lr: 3e-4}]"
+        return (
+            None
+            if ok
+            else "a list of mappings of dotted keys to values, e.g. [{optimizer.lr: 3e-4}]"
+        )
     if c == "section":
         return None if isinstance(value, dict) else "a mapping"
     raise AssertionError(c)
@@ -171,8 +205,10 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
 
 def _annotation_fits(annotation: Any, value: Any) -> str | None:
     """Check a settings value against its dataclass annotation (str under PEP 563)."""
-    hint = annotation if not isinstance(annotation, str) else eval(
-        annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None}
+    hint = (
+        annotation
+        if not isinstance(annotation, str)
+        else eval(annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None})
     )
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
@@ -327,7 +363,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     """'optimizer.lr=3e-4' -> ('optimizer.lr', 0.0003)."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not key or not re.match(r"^[A-Za-z_][\w.]*$", key) or ".." in key or key.endswith("."):
+    if (
+        not sep
+        or not key
+        or not re.match(r"^[A-Za-z_][\w.]*$", key)
+        or ".." in key
+        or key.endswith(".")
+    ):
         raise PresetError(
             f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=3e-4."
         )
@@ -367,7 +409,9 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = (
+        value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    )
     text = text.removesuffix("\n...").strip()
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -384,7 +428,11 @@ def validate(preset: Preset) -> None:
             raise preset.error(
                 key,
                 f"'{key}' is not a preset key{hint}"
-                + ("" if hint else f"; preset keys are {', '.join(SCHEMA)}, and one section per stage."),
+                + (
+                    ""
+                    if hint
+                    else f"; preset keys are {', '.join(SCHEMA)}, and one section per stage."
+                ),
             )
         spec = SCHEMA[key]
         expected = _check_top(key, spec, value)

@@ -38,7 +38,9 @@ def settings_of(preset: Preset) -> PruneSettings:
     task = preset.get("task")
     known = TASK_METRICS.get(task, {})
     if settings.rule not in ("median", "none"):
-        raise preset.error("prune.rule", f"prune.rule must be median or none, got '{settings.rule}'.")
+        raise preset.error(
+            "prune.rule", f"prune.rule must be median or none, got '{settings.rule}'."
+        )
     if settings.rule == "median" and settings.metric not in known:
         raise preset.error(
             "prune.metric",
@@ -66,15 +68,18 @@ class Decision:
 
     @property
     def reason(self) -> str:
-        return (f"pruned: {self.metric} {_num(self.value)} at step {self.step} is worse than the "
-                f"median {_num(self.median)} of {self.peers} peers")
+        return (
+            f"pruned: {self.metric} {_num(self.value)} at step {self.step} is worse than the "
+            f"median {_num(self.median)} of {self.peers} peers"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "reason": self.reason}
 
 
-def median_to_beat(own_best: float, peer_values: list[float], higher_is_better: bool,
-                   min_peers: int) -> float | None:
+def median_to_beat(
+    own_best: float, peer_values: list[float], higher_is_better: bool, min_peers: int
+) -> float | None:
     """The peers' median when ``own_best`` is worse than it (prune), else None."""
     if len(peer_values) < max(1, min_peers):
         return None
@@ -127,8 +132,13 @@ class GroupPeers:
 class MedianPruner:
     """An eval listener: ``pruner(step, metrics)`` after each full-val evaluation."""
 
-    def __init__(self, settings: PruneSettings, peers: GroupPeers, higher_is_better: bool,
-                 on_prune: Callable[[Decision], None]):
+    def __init__(
+        self,
+        settings: PruneSettings,
+        peers: GroupPeers,
+        higher_is_better: bool,
+        on_prune: Callable[[Decision], None],
+    ):
         self.s = settings
         self.peers = peers
         self.higher = higher_is_better
@@ -140,7 +150,9 @@ class MedianPruner:
         value = metrics.get(self.s.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             self.history[step] = float(value)
-        if step < self.s.warmup_steps or (self.last_check is not None and step - self.last_check < self.s.every):
+        if step < self.s.warmup_steps or (
+            self.last_check is not None and step - self.last_check < self.s.every
+        ):
             return
         self.last_check = step
         self.peers.refresh()
@@ -171,6 +183,8 @@ def attach(ctx: Any, request: dict) -> MedianPruner | None:
         ctx.stop_requested = True
 
     peers = GroupPeers(ctx.folder.path.parent, group, ctx.folder.run_id)
-    pruner = MedianPruner(settings, peers, TASK_METRICS[ctx.preset.get("task")][settings.metric], stop)
+    pruner = MedianPruner(
+        settings, peers, TASK_METRICS[ctx.preset.get("task")][settings.metric], stop
+    )
     ctx.eval_listeners.append(pruner)
     return pruner

@@ -321,7 +321,9 @@ class RunFolder:
         if s.get("status") in LIVE and started and process_alive(self.proc()) is False:
             s = dict(s)
             s["status"] = "error"
-            s["reason"] = "the engine process is gone without a word (killed -9, or out of memory?); see engine.log"
+            s["reason"] = (
+                "the engine process is gone without a word (killed -9, or out of memory?); see engine.log"
+            )
         return s
 
     def steps(self) -> StepColumns:
@@ -438,8 +440,11 @@ class RunFolder:
     def write_steps_header(self) -> None:
         write_json_atomic(
             self.file("steps.json"),
-            {"format": "little-endian float64 records, one per optimizer step",
-             "record_bytes": RECORD_SIZE, "columns": list(STEP_COLUMNS)},
+            {
+                "format": "little-endian float64 records, one per optimizer step",
+                "record_bytes": RECORD_SIZE,
+                "columns": list(STEP_COLUMNS),
+            },
         )
 
 
@@ -453,7 +458,14 @@ def iter_runs(workspace: Path) -> Iterator[RunFolder]:
     for e in entries:
         if e.is_dir() and os.path.exists(os.path.join(e.path, "summary.json")):
             found.append(e.path)
-    found.sort(key=lambda p: (os.path.getmtime(os.path.join(p, "run.json")) if os.path.exists(os.path.join(p, "run.json")) else 0, p))
+    found.sort(
+        key=lambda p: (
+            os.path.getmtime(os.path.join(p, "run.json"))
+            if os.path.exists(os.path.join(p, "run.json"))
+            else 0,
+            p,
+        )
+    )
     for p in found:
         yield RunFolder(p)
 
@@ -472,7 +484,9 @@ def find_run(workspace: Path, ref: str) -> RunFolder:
         return prefix[0]
     if len(prefix) > 1:
         names = ", ".join(r.run_id for r in prefix[:5])
-        raise LookupError(f"'{ref}' matches {len(prefix)} runs in {workspace} ({names}); give more of the id.")
+        raise LookupError(
+            f"'{ref}' matches {len(prefix)} runs in {workspace} ({names}); give more of the id."
+        )
     raise LookupError(
         f"no run '{ref}' in {workspace}"
         + (f"; the latest is {runs[-1].run_id}" if runs else " (the workspace has no runs)")

@@ -65,7 +65,9 @@ class Runner:
             code = self._run()
         except BaseException as e:  # a bug in the engine: log it, record it
             log("engine crashed:\n" + traceback.format_exc())
-            self.finish("error", f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)")
+            self.finish(
+                "error", f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)"
+            )
             code = 1
         return code
 
@@ -73,15 +75,26 @@ class Runner:
         from engine import slots
 
         try:
-            self.lease = slots.acquire(self.folder, self.request, lambda: self.stop_requested,
-                                       on_wait=lambda place: self.save(status="queued", **place))
+            self.lease = slots.acquire(
+                self.folder,
+                self.request,
+                lambda: self.stop_requested,
+                on_wait=lambda place: self.save(status="queued", **place),
+            )
         except slots.SlotError as e:
             return self.finish("error", str(e), error_kind="preset")
         if self.lease is None or self.stop_requested:
             return self.finish("killed", "stopped while queued")
         os.environ.update(self.lease.env)  # CUDA_VISIBLE_DEVICES before torch is imported
-        self.save(status="running", started=time.time(), queue=None, queue_position=None,
-                  gpus=self.lease.gpus, slots=self.lease.describe(), gpu_note=self.lease.note or None)
+        self.save(
+            status="running",
+            started=time.time(),
+            queue=None,
+            queue_position=None,
+            gpus=self.lease.gpus,
+            slots=self.lease.describe(),
+            gpu_note=self.lease.note or None,
+        )
         self.event("run_start", pid=os.getpid(), gpus=self.lease.gpus)
         if self.lease.note:
             log(self.lease.note)
@@ -109,8 +122,12 @@ class Runner:
             if hashlib.sha256(src_text.encode()).hexdigest() == self.request.get("preset_sha256"):
                 original = loads(src_text, Path(source))
                 overrides = self.request.get("overrides") or {}
-                preset = Preset(preset.data, Path(source), original.lines,
-                                {k: override_origin(k, v) for k, v in overrides.items()})
+                preset = Preset(
+                    preset.data,
+                    Path(source),
+                    original.lines,
+                    {k: override_origin(k, v) for k, v in overrides.items()},
+                )
         validate(preset)
         folder = self.request.get("preset_dir")
         from engine.targets import add_import_path
@@ -148,8 +165,13 @@ class Runner:
 
         pruning.attach(ctx, self.request)
         self.folder.write_steps_header()
-        self.save(device=str(ctx.device), task=ctx.task, world_size=world_size(preset),
-                  train_size=len(ctx.data.train), val_size=len(ctx.data.val))
+        self.save(
+            device=str(ctx.device),
+            task=ctx.task,
+            world_size=world_size(preset),
+            train_size=len(ctx.data.train),
+            val_size=len(ctx.data.val),
+        )
         warm = self.request.get("warm_from")
         if warm:
             from engine import checkpoint
@@ -171,7 +193,9 @@ class Runner:
                 record = {"name": name, **verdict.to_json(), "seconds": round(seconds, 2)}
                 self.summary["stages"].append(record)
                 ctx.verdicts[name] = verdict
-                self.event("stage_end", stage=name, **{k: v for k, v in record.items() if k != "name"})
+                self.event(
+                    "stage_end", stage=name, **{k: v for k, v in record.items() if k != "name"}
+                )
                 self.save(current_stage=None)
                 log(f"{name}: {verdict.status} — {verdict.reason}")
                 if verdict.status == "fail":
@@ -189,7 +213,8 @@ class Runner:
         spec = STAGES[name]
         module, _, cls = spec.impl.partition(":")
         stage = getattr(importlib.import_module(module), cls)(
-            stage_settings(name, ctx.preset.stage_values(name)))
+            stage_settings(name, ctx.preset.stage_values(name))
+        )
         self.event("stage_start", stage=name, index=ctx.stage_index)
         self.save(current_stage=name)
         log(f"{name}: started")
@@ -209,8 +234,11 @@ class Runner:
 
             log(f"{name} crashed:\n" + traceback.format_exc())
             where = _user_frame(e)
-            verdict = Verdict("fail", f"crashed: {type(e).__name__}: {_first_line(e)}{where} (traceback in engine.log)",
-                              [Check("crash", "fail", f"{type(e).__name__}: {_first_line(e)}{where}")])
+            verdict = Verdict(
+                "fail",
+                f"crashed: {type(e).__name__}: {_first_line(e)}{where} (traceback in engine.log)",
+                [Check("crash", "fail", f"{type(e).__name__}: {_first_line(e)}{where}")],
+            )
         return verdict, time.perf_counter() - t0
 
     def finish(self, status: str, reason: str, **extra: Any) -> int:
@@ -248,4 +276,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{argv[0]}: not a run folder (no run.json)", file=sys.stderr)
         return 2
     return Runner(folder).run()
-

@@ -90,7 +90,9 @@ def gpu_indices(environ: dict | None = None) -> list[int]:
         try:
             indices = list(range(max(0, int(fake))))
         except ValueError:
-            raise SlotError(f"{FAKE_GPUS_ENV}={fake}: expected a number of GPUs, e.g. {FAKE_GPUS_ENV}=4.") from None
+            raise SlotError(
+                f"{FAKE_GPUS_ENV}={fake}: expected a number of GPUs, e.g. {FAKE_GPUS_ENV}=4."
+            ) from None
     else:
         indices = list(range(_nvml_count()))
     visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -120,7 +122,9 @@ def cpu_slot_count(workspace: Path, environ: dict | None = None) -> int:
         except FileNotFoundError:
             data = None
         except yaml.YAMLError as e:
-            raise SlotError(f"{config}: not valid YAML ({e}); it holds e.g. cpu_slots: 2.") from None
+            raise SlotError(
+                f"{config}: not valid YAML ({e}); it holds e.g. cpu_slots: 2."
+            ) from None
         if isinstance(data, dict) and data.get("cpu_slots") is not None:
             raw, where = str(data["cpu_slots"]), f"{config}: cpu_slots"
     if not raw:
@@ -150,7 +154,9 @@ def demand(preset: dict, gpus: list[int], cpu_slots: int) -> tuple[str, int]:
         wanted = max(wanted, 1)
     if wanted > 0 and device != "cpu" and gpus:
         return "gpu", wanted
-    return "cpu", min(max(1, wanted), cpu_slots)  # a DDP run on CPUs: a slot per process, at most all
+    return "cpu", min(
+        max(1, wanted), cpu_slots
+    )  # a DDP run on CPUs: a slot per process, at most all
 
 
 def check_fits(kind: str, need: int, gpus: list[int]) -> None:
@@ -217,8 +223,13 @@ def _unlock_close(fd: int) -> None:
 def _write_holder(fd: int, ask: Ask) -> None:
     import psutil
 
-    info = {"run_id": ask.run_id, "pid": os.getpid(), "group": ask.group, "since": round(time.time(), 3),
-            "create_time": psutil.Process().create_time()}
+    info = {
+        "run_id": ask.run_id,
+        "pid": os.getpid(),
+        "group": ask.group,
+        "since": round(time.time(), 3),
+        "create_time": psutil.Process().create_time(),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
 
@@ -334,8 +345,13 @@ def announce(folder: RunFolder) -> None:
     queue = root / "queue"
     queue.mkdir(parents=True, exist_ok=True)
     stem = f"{float(request.get('created') or time.time()):017.6f}-{folder.run_id}"
-    info = {"run_id": folder.run_id, "run_dir": str(folder.path.resolve()), "group": request.get("group"),
-            "parallel": request.get("group_parallel"), "since": time.time()}
+    info = {
+        "run_id": folder.run_id,
+        "run_dir": str(folder.path.resolve()),
+        "group": request.get("group"),
+        "parallel": request.get("group_parallel"),
+        "since": time.time(),
+    }
     tmp = queue / f".{stem}.new.tmp"
     tmp.write_text(json.dumps(info))
     os.replace(tmp, queue / f"{stem}.new")
@@ -366,8 +382,13 @@ class Waiter:
         tmp = self.queue / f".{self.stem}.tmp"
         fd = _open(tmp)
         _try_lock(fd)
-        info = {"run_id": self.ask.run_id, "kind": self.ask.kind, "need": self.ask.need,
-                "group": self.ask.group, "pid": os.getpid()}
+        info = {
+            "run_id": self.ask.run_id,
+            "kind": self.ask.kind,
+            "need": self.ask.need,
+            "group": self.ask.group,
+            "pid": os.getpid(),
+        }
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.replace(tmp, self.ticket)  # visible only once locked: a reader never takes it for dead
         self.ticket_fd = fd
@@ -392,7 +413,9 @@ class Waiter:
             stem, _, phase = name.rpartition(".")
             if stem == self.stem:
                 if phase == self.phase:
-                    out.append(Ticket(name, self.phase, {"kind": self.ask.kind, "group": self.ask.group}))
+                    out.append(
+                        Ticket(name, self.phase, {"kind": self.ask.kind, "group": self.ask.group})
+                    )
                 continue
             path = self.queue / name
             if not _ticket_alive(path):
@@ -413,7 +436,7 @@ class Waiter:
             if before or not self._take_token():
                 return None, {
                     "queue": f"{ordinal(before + 1)} in line in its ablation group: {a.parallel} of its "
-                             f"runs at a time (--parallel {a.parallel})",
+                    f"runs at a time (--parallel {a.parallel})",
                     "queue_position": before + 1,
                 }
             os.replace(self.ticket, self.queue / f"{self.stem}.line")
@@ -472,22 +495,32 @@ class Waiter:
         note = ""
         if a.kind == "gpu":
             foreign = foreign_processes(self.root, [i for i, _ in got])
-            got.sort(key=lambda g: (sum(p["mem_mb"] or 0 for p in foreign.get(g[0], [])), len(foreign.get(g[0], []))))
+            got.sort(
+                key=lambda g: (
+                    sum(p["mem_mb"] or 0 for p in foreign.get(g[0], [])),
+                    len(foreign.get(g[0], [])),
+                )
+            )
             chosen = got[: a.need]
             note = _foreign_note({i: foreign[i] for i, _ in chosen if foreign.get(i)})
         else:
             chosen = got[: a.need]
-        for _, fd in got[a.need:]:
+        for _, fd in got[a.need :]:
             _unlock_close(fd)
         for _, fd in chosen:
             _write_holder(fd, a)
         slots = [i for i, _ in chosen]
-        return Lease(a.kind, slots, self._env(slots, cpu_slots), note, [fd for _, fd in chosen], self.root), busy
+        return Lease(
+            a.kind, slots, self._env(slots, cpu_slots), note, [fd for _, fd in chosen], self.root
+        ), busy
 
     def _env(self, slots: list[int], cpu_slots: int) -> dict[str, str]:
         if self.ask.kind == "gpu":
             # NVML numbers GPUs in PCI-bus order; make CUDA number them the same way
-            return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slots)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+            return {
+                "CUDA_VISIBLE_DEVICES": ",".join(map(str, slots)),
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            }
         env = {}
         if self.gpus:  # a CPU run on a GPU machine: `device: auto` must not wander onto a GPU
             env["CUDA_VISIBLE_DEVICES"] = ""
@@ -501,8 +534,14 @@ def _ticket_alive(path: Path) -> bool:
     """Whether a ticket's run still waits; a dead engine's ticket is removed on the way."""
     if path.suffix == ".new":
         info = _read_holder(path)
-        proc = read_json(Path(info.get("run_dir", "")) / "proc.json") if info.get("run_dir") else None
-        alive = process_alive(proc) is not False if proc else time.time() - info.get("since", 0) < BOOT_S
+        proc = (
+            read_json(Path(info.get("run_dir", "")) / "proc.json") if info.get("run_dir") else None
+        )
+        alive = (
+            process_alive(proc) is not False
+            if proc
+            else time.time() - info.get("since", 0) < BOOT_S
+        )
         if not alive:
             _unlink(path)
         return alive
@@ -526,8 +565,13 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def acquire(folder: RunFolder, request: dict, should_stop: Callable[[], bool],
-            on_wait: Callable[[dict], None], poll: float = POLL_S) -> Lease | None:
+def acquire(
+    folder: RunFolder,
+    request: dict,
+    should_stop: Callable[[], bool],
+    on_wait: Callable[[dict], None],
+    poll: float = POLL_S,
+) -> Lease | None:
     """Wait for this run's slots; None when asked to stop first.
 
     ``on_wait`` gets ``{"queue": "2nd in line for 1 GPU", "queue_position": 2}`` whenever the
@@ -581,7 +625,9 @@ def _gpu_processes(indices: list[int]) -> dict[int, list[tuple[int, float | None
                 procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
             except Exception:
                 continue
-            out[i] = [(int(p.pid), (p.usedGpuMemory / 2**20) if p.usedGpuMemory else None) for p in procs]
+            out[i] = [
+                (int(p.pid), (p.usedGpuMemory / 2**20) if p.usedGpuMemory else None) for p in procs
+            ]
     finally:
         try:
             pynvml.nvmlShutdown()
@@ -625,16 +671,22 @@ def foreign_processes(root: Path, indices: list[int]) -> dict[int, list[dict]]:
                 name = psutil.Process(pid).name()
             except psutil.Error:
                 name = "?"  # another container's pid namespace, or just exited
-            out.setdefault(i, []).append({"pid": pid, "name": name, "mem_mb": round(mem) if mem else None})
+            out.setdefault(i, []).append(
+                {"pid": pid, "name": name, "mem_mb": round(mem) if mem else None}
+            )
     return out
 
 
 def _foreign_note(foreign: dict[int, list[dict]]) -> str:
     parts = []
     for i, procs in sorted(foreign.items()):
-        what = ", ".join(f"{p['name']} pid {p['pid']}" + (f" {p['mem_mb'] / 1024:.1f} GB" if p["mem_mb"] else "")
-                         for p in procs[:3])
-        parts.append(f"GPU {i} also runs {_plural(len(procs), 'process')} cockpit did not start ({what})")
+        what = ", ".join(
+            f"{p['name']} pid {p['pid']}" + (f" {p['mem_mb'] / 1024:.1f} GB" if p["mem_mb"] else "")
+            for p in procs[:3]
+        )
+        parts.append(
+            f"GPU {i} also runs {_plural(len(procs), 'process')} cockpit did not start ({what})"
+        )
     return "; ".join(parts)
 
 
@@ -649,8 +701,13 @@ class SlotView:
     foreign: list[dict] = field(default_factory=list)  # GPUs: processes cockpit did not start
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "index": self.index, "run_id": self.run_id, "since": self.since,
-                "foreign": self.foreign}
+        return {
+            "kind": self.kind,
+            "index": self.index,
+            "run_id": self.run_id,
+            "since": self.since,
+            "foreign": self.foreign,
+        }
 
 
 def slot_views(workspace: Path) -> list[SlotView]:
@@ -689,8 +746,11 @@ def describe_slots(workspace: Path) -> str:
     if views[0].kind == "cpu":
         busy = sum(1 for v in views if v.run_id)
         queued = len(queued_runs(workspace))
-        return (f"CPU slots: {busy} of {len(views)} busy" + (f", {queued} queued" if queued else "")
-                + f"  (set with ${CPU_SLOTS_ENV} or cpu_slots: in {Path(workspace) / CONFIG_NAME})")
+        return (
+            f"CPU slots: {busy} of {len(views)} busy"
+            + (f", {queued} queued" if queued else "")
+            + f"  (set with ${CPU_SLOTS_ENV} or cpu_slots: in {Path(workspace) / CONFIG_NAME})"
+        )
     parts = []
     for v in views:
         text = f"{v.index} {v.run_id or 'free'}"

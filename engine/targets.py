@@ -58,7 +58,9 @@ def resolve(preset: Preset, key: str, dotted: str) -> Any:
             )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise preset.error(where, f"{where} '{dotted}' is not callable (it is {type(obj).__name__}).")
+        raise preset.error(
+            where, f"{where} '{dotted}' is not callable (it is {type(obj).__name__})."
+        )
     return obj
 
 
@@ -118,7 +120,9 @@ def _check_signature(preset: Preset, key: str, fn: Any, args: tuple, kwargs: dic
             raise preset.error(
                 f"{key}.{bad}", f"{key}: {spec_name(fn)} takes no argument '{bad}'{hint}"
             ) from None
-        raise preset.error(key, f"{key}: {spec_name(fn)}{sig} cannot be called this way: {message}.") from None
+        raise preset.error(
+            key, f"{key}: {spec_name(fn)}{sig} cannot be called this way: {message}."
+        ) from None
 
 
 def spec_name(fn: Any) -> str:

@@ -76,15 +76,26 @@ class SmallCNN(nn.Module):
 
     ``head_bias`` sets the last layer's initial bias (e.g. the regression targets' mean)."""
 
-    def __init__(self, in_channels: int = 1, outputs: int = len(SHAPES), width: int = 16,
-                 head_bias: list[float] | None = None):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        outputs: int = len(SHAPES),
+        width: int = 16,
+        head_bias: list[float] | None = None,
+    ):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(4 * w, outputs)
         if head_bias is not None:  # "init well": start regression outputs at the targets' mean
@@ -102,16 +113,22 @@ class SegNet(nn.Module):
         super().__init__()
         w = width
         self.enc = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1),
+            nn.ReLU(),
         )
         self.down = nn.Sequential(
             nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+            nn.ReLU(),
         )
         self.up = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-        self.out = nn.Sequential(nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, classes, 1))
+        self.out = nn.Sequential(
+            nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, classes, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.enc(x)

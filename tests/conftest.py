@@ -20,8 +20,13 @@ def workspace(tmp_path: Path) -> Path:
     return ws
 
 
-def cockpit(*args: str, workspace: Path | None = None, timeout: float = 300,
-            cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def cockpit(
+    *args: str,
+    workspace: Path | None = None,
+    timeout: float = 300,
+    cwd: Path | None = None,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python -m cockpit ARGS`` in a subprocess; returns the completed process."""
     e = os.environ.copy()
     e.pop("COCKPIT_WORKSPACE", None)
@@ -31,14 +36,21 @@ def cockpit(*args: str, workspace: Path | None = None, timeout: float = 300,
     cmd = [sys.executable, "-m", "cockpit", *args]
     if workspace is not None:
         cmd += ["--workspace", str(workspace)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=e)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=e
+    )
 
 
 ZOO = ROOT / "tests" / "zoo"
 
 
-def run_inprocess(preset_path: Path, workspace: Path, *, overrides: dict | None = None,
-                  stages: list[str] | None = None) -> tuple[int, dict, Path]:
+def run_inprocess(
+    preset_path: Path,
+    workspace: Path,
+    *,
+    overrides: dict | None = None,
+    stages: list[str] | None = None,
+) -> tuple[int, dict, Path]:
     """Create a run folder and walk the ladder in this process (no torch import per case).
 
     Returns (exit code, summary, run folder)."""

@@ -83,7 +83,10 @@ def test_quickstart_passes_the_whole_ladder(workspace):
     [
         (["--set", "optimizr.lr=1"], "did you mean 'optimizer'"),
         (["--set", "batch_size=abc"], "batch_size must be an integer > 0, got 'abc'"),
-        (["--set", "overfit_one.step=5"], "'step' is not a setting of overfit_one — did you mean 'steps'?"),
+        (
+            ["--set", "overfit_one.step=5"],
+            "'step' is not a setting of overfit_one — did you mean 'steps'?",
+        ),
         (["--stages", "init,overfit"], "'overfit' is not a stage"),
         (["--set", "nonsense"], "expected KEY=VALUE"),
     ],
@@ -99,7 +102,9 @@ def test_bad_arguments_exit_2_with_one_sentence(workspace, args, words):
 
 def test_yaml_syntax_error_names_the_line(workspace, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodel: {_target_: shapes.SmallCNN\ndata: {_target_: shapes.classification}\n")
+    bad.write_text(
+        "name: x\nmodel: {_target_: shapes.SmallCNN\ndata: {_target_: shapes.classification}\n"
+    )
     r = cockpit("run", str(bad), workspace=workspace)
     assert r.returncode == 2
     assert f"{bad}, line 3" in r.stderr and "YAML syntax error" in r.stderr
@@ -123,17 +128,29 @@ def test_unimportable_target_exits_2_from_the_engine(workspace):
 
 def test_unimportable_target_in_the_file_names_its_line(workspace, tmp_path):
     bad = tmp_path / "typo.yaml"
-    bad.write_text("task: regression\nmodel: {_target_: torch.nn.Linear, in_features: 4, out_features: 1}\n"
-                   "data: {_target_: torch.utils.data.TensorDatasett}\n")
+    bad.write_text(
+        "task: regression\nmodel: {_target_: torch.nn.Linear, in_features: 4, out_features: 1}\n"
+        "data: {_target_: torch.utils.data.TensorDatasett}\n"
+    )
     r = cockpit("run", str(bad), "--stages", "init", workspace=workspace)
     assert r.returncode == 2
-    assert f"{bad}, line 3: data._target_ 'torch.utils.data.TensorDatasett' cannot be imported" in r.stderr
+    assert (
+        f"{bad}, line 3: data._target_ 'torch.utils.data.TensorDatasett' cannot be imported"
+        in r.stderr
+    )
     assert "did you mean 'TensorDataset'?" in r.stderr
 
 
 def test_crash_in_user_code_exits_1_traceback_only_in_the_log(workspace):
-    r = cockpit("run", str(BLOBS), "--set", "model={_target_: zoo.ShapeBug}", "--stages", "overfit_one",
-                workspace=workspace)
+    r = cockpit(
+        "run",
+        str(BLOBS),
+        "--set",
+        "model={_target_: zoo.ShapeBug}",
+        "--stages",
+        "overfit_one",
+        workspace=workspace,
+    )
     assert r.returncode == 1
     assert "crashed: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
@@ -143,22 +160,45 @@ def test_crash_in_user_code_exits_1_traceback_only_in_the_log(workspace):
 
 
 def test_failing_stage_exits_1_and_stops_the_ladder(workspace):
-    r = cockpit("run", str(BLOBS), "--set", "data._target_=zoo.blobs_augmented_val", workspace=workspace)
+    r = cockpit(
+        "run", str(BLOBS), "--set", "data._target_=zoo.blobs_augmented_val", workspace=workspace
+    )
     assert r.returncode == 1
     assert "✗ init" in r.stdout and "never augment val" in r.stdout
     assert "overfit_one" not in r.stdout
 
 
 def long_run_args(workers: int) -> list[str]:
-    return ["--stages", "train", "--set", "train.steps=1000000", "--set", f"num_workers={workers}",
-            "--set", "train.checkpoint_every=0"]
+    return [
+        "--stages",
+        "train",
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        f"num_workers={workers}",
+        "--set",
+        "train.checkpoint_every=0",
+    ]
 
 
 def test_ctrl_c_stops_the_run_and_its_workers(workspace):
     env = dict(os.environ, PYTHONPATH=str(ROOT), NO_COLOR="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cockpit", "run", str(BLOBS), *long_run_args(2), "--workspace", str(workspace)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "cockpit",
+            "run",
+            str(BLOBS),
+            *long_run_args(2),
+            "--workspace",
+            str(workspace),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     folder = wait_for(lambda: next(iter(iter_runs(workspace)), None))
     wait_for(lambda: len(folder.steps()) > 20)
@@ -217,17 +257,21 @@ def test_engine_killed_hard_reads_as_error(workspace):
 
 
 def test_cockpit_side_never_imports_torch():
-    code = ("import sys; import cockpit.cli, cockpit.launch, cockpit.console, cockpit.fork, "
-            "engine.preset, engine.runfolder, engine.ladder, engine.slots; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    code = (
+        "import sys; import cockpit.cli, cockpit.launch, cockpit.console, cockpit.fork, "
+        "engine.preset, engine.runfolder, engine.ladder, engine.slots; "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 
 
 def test_engine_never_imports_textual():
-    code = ("import sys, pkgutil, importlib, engine, engine.stages; "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(engine.__path__, 'engine.') "
-            "if not m.name.endswith('__main__')]; "
-            "assert not any(m.startswith('textual') for m in sys.modules)")
+    code = (
+        "import sys, pkgutil, importlib, engine, engine.stages; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(engine.__path__, 'engine.') "
+        "if not m.name.endswith('__main__')]; "
+        "assert not any(m.startswith('textual') for m in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr

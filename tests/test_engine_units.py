@@ -34,7 +34,9 @@ def ctx(workspace) -> RunContext:
 def test_loop_logs_every_batch_and_val_every_n(ctx):
     model = ctx.build_model()
     opt = ctx.build_optimizer(model)
-    result = train_loop(ctx, model, opt, ctx.train_batches(), steps=25, val_batches=ctx.val_batches(), val_every=5)
+    result = train_loop(
+        ctx, model, opt, ctx.train_batches(), steps=25, val_batches=ctx.val_batches(), val_every=5
+    )
     assert result.steps == 25 and result.stopped == "steps"
     steps = ctx.folder.steps()
     assert list(steps["step"]) == list(range(1, 26))
@@ -47,12 +49,18 @@ def test_loop_logs_every_batch_and_val_every_n(ctx):
 def test_loop_stops_when_told_and_names_a_nonfinite_step(ctx):
     model = ctx.build_model()
     opt = ctx.build_optimizer(model)
-    result = train_loop(ctx, model, opt, ctx.train_batches(), steps=500, until=lambda r: r.step == 7)
+    result = train_loop(
+        ctx, model, opt, ctx.train_batches(), steps=500, until=lambda r: r.step == 7
+    )
     assert result.stopped == "target" and result.steps == 7
     with torch.no_grad():
         model.net[0].weight.fill_(float("nan"))
     result = train_loop(ctx, model, opt, ctx.train_batches(), steps=50, start_step=100)
-    assert result.stopped == "nonfinite" and result.nonfinite_step == 101 and result.nonfinite_what == "train"
+    assert (
+        result.stopped == "nonfinite"
+        and result.nonfinite_step == 101
+        and result.nonfinite_what == "train"
+    )
 
 
 def test_loop_respects_its_wall_time_budget(ctx):
@@ -78,7 +86,9 @@ def test_confusion_scores_match_hand_computation():
     f1_1 = 2 * 0.8 * 1.0 / 1.8
     assert s["macro_f1"] == pytest.approx((f1_0 + f1_1) / 2)
     seg = scores_from_confusion(cm, "segmentation")
-    assert seg["miou"] == pytest.approx((3 / 4 + 4 / 5) / 2) and seg["pixel_acc"] == pytest.approx(7 / 8)
+    assert seg["miou"] == pytest.approx((3 / 4 + 4 / 5) / 2) and seg["pixel_acc"] == pytest.approx(
+        7 / 8
+    )
 
 
 def test_evaluate_and_baselines(ctx):
@@ -87,7 +97,9 @@ def test_evaluate_and_baselines(ctx):
     assert set(m) >= {"val_loss", "accuracy", "macro_f1", "val_loss_se"}
     b = baseline(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 1, 1]), "classification", 2)
     assert b["accuracy"] == 0.25
-    r = baseline(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[2.0], [4.0]]), "regression", None)
+    r = baseline(
+        torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([[2.0], [4.0]]), "regression", None
+    )
     assert r["mae"] == pytest.approx(1.0)
 
 
@@ -155,13 +167,21 @@ def test_telemetry_reads_nvml_for_the_runs_gpu(tmp_path, monkeypatch):
     sampler.stop()
     header, row = read_rows(tmp_path / "t.jsonl")
     assert header["gpu_name"] == "Fake H200" and header["gpu_index"] == 0
-    assert row["gpu"] == {"util": 87.0, "mem_used_mb": 2048.0, "mem_total_mb": 81920.0, "power_w": None, "index": 0}
+    assert row["gpu"] == {
+        "util": 87.0,
+        "mem_used_mb": 2048.0,
+        "mem_total_mb": 81920.0,
+        "power_w": None,
+        "index": 0,
+    }
     assert fake.shut
 
 
 def test_telemetry_survives_nvml_failing_to_start(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(fail_init=True))
-    sampler = TelemetrySampler(tmp_path / "t.jsonl", WaitMeter(), types.SimpleNamespace(type="cuda", index=0))
+    sampler = TelemetrySampler(
+        tmp_path / "t.jsonl", WaitMeter(), types.SimpleNamespace(type="cuda", index=0)
+    )
     sampler.sample()
     sampler.stop()
     header, row = read_rows(tmp_path / "t.jsonl")
@@ -176,7 +196,13 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     for step in (10, 20, 30, 40, 50, 60):
         checkpoint.save(folder, model, opt, step, "train")
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert files == ["latest.json", "step_000000030.pt", "step_000000040.pt", "step_000000050.pt", "step_000000060.pt"]
+    assert files == [
+        "latest.json",
+        "step_000000030.pt",
+        "step_000000040.pt",
+        "step_000000050.pt",
+        "step_000000060.pt",
+    ]
     assert folder.latest_checkpoint()["step"] == 60
 
 
@@ -217,5 +243,8 @@ def test_cuda_loop_logs_every_batch_without_a_host_sync(ctx):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert result.steps == 200
-    assert all(math.isfinite(r.train_loss) and math.isfinite(r.val_loss) and r.gpu_s > 0 for r in result.rows)
+    assert all(
+        math.isfinite(r.train_loss) and math.isfinite(r.val_loss) and r.gpu_s > 0
+        for r in result.rows
+    )
     assert len(ctx.folder.steps()) == 205

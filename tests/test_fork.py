@@ -25,18 +25,35 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_a_warm_fork_continues_the_parents_loss_and_steps(trained):
     ws, parent = trained
-    warm = cockpit("fork", parent.run_id, "--warm", "--set", "optimizer.lr=3e-3", "--set", "train.steps=30",
-                   workspace=ws)
+    warm = cockpit(
+        "fork",
+        parent.run_id,
+        "--warm",
+        "--set",
+        "optimizer.lr=3e-3",
+        "--set",
+        "train.steps=30",
+        workspace=ws,
+    )
     assert warm.returncode == 0, warm.stdout + warm.stderr
     assert f"forked from {parent.run_id}, warm from its step 150" in warm.stdout
-    cold = cockpit("fork", parent.run_id, "--set", "train.steps=30", "--stages", "train", workspace=ws)
+    cold = cockpit(
+        "fork", parent.run_id, "--set", "train.steps=30", "--stages", "train", workspace=ws
+    )
     assert cold.returncode == 0, cold.stdout + cold.stderr
     _, warm_run, cold_run = list(iter_runs(ws))
     s = warm_run.summary()
     assert (s["parent"], s["fork_step"]) == (parent.run_id, 150)
     # the parent's own overrides carry over, then the fork's
-    assert s["overrides"] == {**parent.summary()["overrides"], "optimizer.lr": 3e-3, "train.steps": 30}
-    assert s["stages"][0]["checks"][0]["detail"] == "restored model weights and optimizer state from step 150"
+    assert s["overrides"] == {
+        **parent.summary()["overrides"],
+        "optimizer.lr": 3e-3,
+        "train.steps": 30,
+    }
+    assert (
+        s["stages"][0]["checks"][0]["detail"]
+        == "restored model weights and optimizer state from step 150"
+    )
     assert list(warm_run.steps()["step"]) == list(range(151, 181))  # the curve goes on where it was
     assert cold_run.summary()["fork_step"] == 0 and cold_run.steps()["step"][0] == 1
     parent_last = statistics.mean(list(parent.steps()["train_loss"])[-10:])

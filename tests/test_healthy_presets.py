@@ -13,8 +13,15 @@ CASES = {
     # preset: (overrides, stages expected to warn -> the check that warns)
     "digits.yaml": ({}, {}),
     "regression.yaml": ({"generalize.steps": 250, "speed.batches": 10}, {}),
-    "segmentation.yaml": ({"generalize.steps": 150, "generalize.eval_every": 50, "speed.batches": 5,
-                           "data.n_train": 400}, {}),
+    "segmentation.yaml": (
+        {
+            "generalize.steps": 150,
+            "generalize.eval_every": 50,
+            "speed.batches": 5,
+            "data.n_train": 400,
+        },
+        {},
+    ),
 }
 
 
@@ -24,7 +31,9 @@ def test_shipped_preset_passes_every_stage(name, workspace):
         pytest.importorskip("sklearn")
     overrides, _ = CASES[name]
     code, summary, _ = run_inprocess(PRESETS / name, workspace, overrides=overrides)
-    problems = [(s["name"], s["status"], s["reason"]) for s in summary["stages"] if s["status"] != "pass"]
+    problems = [
+        (s["name"], s["status"], s["reason"]) for s in summary["stages"] if s["status"] != "pass"
+    ]
     assert code == 0 and summary["status"] == "passed", problems
     assert len(summary["stages"]) == 6
     assert not problems

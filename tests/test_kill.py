@@ -17,8 +17,18 @@ from engine.runfolder import JsonlAppender, RunFolder, iter_runs, write_json_ato
 from tests.conftest import ZOO, cockpit
 
 BLOBS = ZOO / "blobs.yaml"
-SLOW_WITH_WORKERS = ["--stages", "train", "--set", "train={steps: 100000, eval_every: 50, checkpoint_every: 50}",
-                     "--set", "data._target_=zoo.blobs_slow", "--set", "data.delay=0.0005", "--set", "num_workers=2"]
+SLOW_WITH_WORKERS = [
+    "--stages",
+    "train",
+    "--set",
+    "train={steps: 100000, eval_every: 50, checkpoint_every: 50}",
+    "--set",
+    "data._target_=zoo.blobs_slow",
+    "--set",
+    "data.delay=0.0005",
+    "--set",
+    "num_workers=2",
+]
 
 
 def wait_for(pred, timeout: float = 60.0):
@@ -38,9 +48,26 @@ def alive(procs: list[psutil.Process]) -> list[int]:
 @pytest.mark.slow
 def test_kill_mid_step_leaves_nothing_keeps_the_data_and_frees_the_slot(workspace):
     env = {"COCKPIT_CPU_SLOTS": "1", "COCKPIT_FAKE_GPUS": "0"}
-    assert cockpit("run", str(BLOBS), *SLOW_WITH_WORKERS, "--detach", workspace=workspace, env=env).returncode == 0
-    assert cockpit("run", str(BLOBS), "--stages", "train", "--set", "train.steps=20", "--detach",
-                   workspace=workspace, env=env).returncode == 0
+    assert (
+        cockpit(
+            "run", str(BLOBS), *SLOW_WITH_WORKERS, "--detach", workspace=workspace, env=env
+        ).returncode
+        == 0
+    )
+    assert (
+        cockpit(
+            "run",
+            str(BLOBS),
+            "--stages",
+            "train",
+            "--set",
+            "train.steps=20",
+            "--detach",
+            workspace=workspace,
+            env=env,
+        ).returncode
+        == 0
+    )
     victim, next_in_line = list(iter_runs(workspace))
     wait_for(lambda: len(victim.steps()) > 60)
     engine = launch.engine_process(victim)
@@ -63,7 +90,9 @@ def test_kill_mid_step_leaves_nothing_keeps_the_data_and_frees_the_slot(workspac
 
 def stranger() -> psutil.Process:
     """A process that is not ours: started in the background by a shell that exits at once."""
-    out = subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True
+    )
     return psutil.Process(int(out.stdout))
 
 
@@ -74,10 +103,13 @@ def test_kill_never_signals_a_reused_pid(workspace):
     other = stranger()
     try:
         # the run's recorded pids now belong to someone else (other start time)
-        write_json_atomic(folder.file("proc.json"), {"pid": other.pid, "pgid": other.pid,
-                                                     "create_time": other.create_time() - 100})
+        write_json_atomic(
+            folder.file("proc.json"),
+            {"pid": other.pid, "pgid": other.pid, "create_time": other.create_time() - 100},
+        )
         JsonlAppender(folder.file("workers.jsonl")).append(
-            {"pid": other.pid, "create_time": other.create_time() - 100, "role": "rank 0"})
+            {"pid": other.pid, "create_time": other.create_time() - 100, "role": "rank 0"}
+        )
         assert launch.stop(folder, grace=0.5) is False
         assert launch._running(other)
         assert folder.summary()["status"] == "killed"
@@ -91,13 +123,21 @@ def test_kill_finds_the_ranks_when_the_engine_died_first(workspace):
     write_json_atomic(folder.file("summary.json"), {"status": "running"})
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    write_json_atomic(folder.file("proc.json"), {"pid": dead.pid, "pgid": dead.pid, "create_time": 1.0})
+    write_json_atomic(
+        folder.file("proc.json"), {"pid": dead.pid, "pgid": dead.pid, "create_time": 1.0}
+    )
     # a "rank" in a session of its own, with a child of its own (a DataLoader worker)
     rank = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
     rank_proc = psutil.Process(rank.pid)
     worker = wait_for(lambda: rank_proc.children())[0]
     JsonlAppender(folder.file("workers.jsonl")).append(
-        {"pid": rank.pid, "create_time": rank_proc.create_time(), "host": os.uname().nodename, "role": "rank 1"})
+        {
+            "pid": rank.pid,
+            "create_time": rank_proc.create_time(),
+            "host": os.uname().nodename,
+            "role": "rank 1",
+        }
+    )
     assert launch.stop(folder, grace=0.5) is True
     rank.wait(timeout=10)
     assert alive([worker]) == []

@@ -28,7 +28,9 @@ def evaluate(ws: Path, name: str, values: dict[int, float], stage: str = "train"
 
 
 def pruner(ws: Path, decisions: list, **settings) -> MedianPruner:
-    s = PruneSettings(**{"rule": "median", "warmup_steps": 10, "every": 10, "min_peers": 2, **settings})
+    s = PruneSettings(
+        **{"rule": "median", "warmup_steps": 10, "every": 10, "min_peers": 2, **settings}
+    )
     higher = s.metric == "accuracy"
     return MedianPruner(s, GroupPeers(ws, "g", "me"), higher, decisions.append)
 
@@ -37,7 +39,9 @@ def test_the_median_to_beat():
     assert median_to_beat(1.0, [0.5, 0.7, 2.0], higher_is_better=False, min_peers=2) == 0.7
     assert median_to_beat(0.6, [0.5, 0.7, 2.0], higher_is_better=False, min_peers=2) is None
     assert median_to_beat(0.6, [0.5, 0.7], higher_is_better=True, min_peers=2) is None
-    assert median_to_beat(0.5, [0.55, 0.7], higher_is_better=True, min_peers=2) == pytest.approx(0.625)
+    assert median_to_beat(0.5, [0.55, 0.7], higher_is_better=True, min_peers=2) == pytest.approx(
+        0.625
+    )
     assert median_to_beat(9.0, [0.5], higher_is_better=False, min_peers=2) is None  # too few peers
 
 
@@ -68,12 +72,16 @@ def test_a_run_ahead_of_its_peers_is_judged_once_they_catch_up(workspace):
     evaluate(workspace, "a", {10: 0.3})  # accuracy 0.7
     evaluate(workspace, "b", {10: 0.2})  # accuracy 0.8
     p(20, {"accuracy": 0.2})  # nobody at step 20 yet: judged at step 10, where both are now
-    assert [(d.step, d.at_step, d.value, d.median) for d in decisions] == [(10, 20, 0.1, pytest.approx(0.75))]
+    assert [(d.step, d.at_step, d.value, d.median) for d in decisions] == [
+        (10, 20, 0.1, pytest.approx(0.75))
+    ]
 
 
 def test_settings_name_a_metric_the_task_reports():
     base = presets.load(ZOO / "blobs.yaml", {"prune.rule": "median", "prune.metric": "mae"})
-    with pytest.raises(PresetError, match=r"prune\.metric 'mae' is not measured for classification runs"):
+    with pytest.raises(
+        PresetError, match=r"prune\.metric 'mae' is not measured for classification runs"
+    ):
         settings_of(base)
     typo = presets.load(ZOO / "blobs.yaml", {"prune.rule": "medain"})
     with pytest.raises(PresetError, match=r"prune\.rule must be median or none, got 'medain'"):
@@ -86,10 +94,15 @@ def test_a_ddp_run_is_pruned_by_its_rank_0(workspace, monkeypatch):
     monkeypatch.setenv("COCKPIT_DDP_TIMEOUT_S", "60")
     for name in ("a", "b"):
         peer(workspace, name, "g", {step: 0.01 for step in range(10, 1000, 10)})
-    preset = presets.load(ZOO / "blobs.yaml", {
-        "gpus": 2, "optimizer.lr": 0.0, "train": {"steps": 1000, "eval_every": 10, "checkpoint_every": 100},
-        "prune": {"rule": "median", "warmup_steps": 10, "every": 10, "min_peers": 2},
-    })
+    preset = presets.load(
+        ZOO / "blobs.yaml",
+        {
+            "gpus": 2,
+            "optimizer.lr": 0.0,
+            "train": {"steps": 1000, "eval_every": 10, "checkpoint_every": 100},
+            "prune": {"rule": "median", "warmup_steps": 10, "every": 10, "min_peers": 2},
+        },
+    )
     folder = create_run(workspace, preset, stages=["train"], group="g")
     proc = start_engine(folder)
     assert proc.wait(timeout=120) == 1

@@ -84,12 +84,25 @@ def make_run(ws, name, status="running", pid=None, create_time=None):
     folder = RunFolder(ws / name)
     folder.path.mkdir(parents=True)
     write_json_atomic(folder.file("run.json"), {"run_id": name})
-    folder.write_summary({"run_id": name, "preset": "p", "status": status, "stages": [], "created": time.time(),
-                          "overrides": {}, "parent": None, "fork_step": None})
+    folder.write_summary(
+        {
+            "run_id": name,
+            "preset": "p",
+            "status": status,
+            "stages": [],
+            "created": time.time(),
+            "overrides": {},
+            "parent": None,
+            "fork_step": None,
+        }
+    )
     if pid is not None:
         import socket
 
-        write_json_atomic(folder.file("proc.json"), {"pid": pid, "create_time": create_time, "host": socket.gethostname()})
+        write_json_atomic(
+            folder.file("proc.json"),
+            {"pid": pid, "create_time": create_time, "host": socket.gethostname()},
+        )
     return folder
 
 
@@ -100,7 +113,9 @@ def test_dead_engine_reads_as_error_and_pid_reuse_is_detected(tmp_path):
 
         ct = psutil.Process(proc.pid).create_time()
         alive = make_run(tmp_path, "alive", pid=proc.pid, create_time=ct)
-        reused = make_run(tmp_path, "reused", pid=proc.pid, create_time=ct - 1000)  # same pid, other process
+        reused = make_run(
+            tmp_path, "reused", pid=proc.pid, create_time=ct - 1000
+        )  # same pid, other process
         assert alive.state()["status"] == "running"
         assert reused.state()["status"] == "error"
     finally:
@@ -111,11 +126,18 @@ def test_dead_engine_reads_as_error_and_pid_reuse_is_detected(tmp_path):
 
 
 def test_snapshot_reads_only_file_ends(tmp_path):
-    folder = make_run(tmp_path, "r1", pid=os.getpid(), create_time=__import__("psutil").Process().create_time())
+    folder = make_run(
+        tmp_path, "r1", pid=os.getpid(), create_time=__import__("psutil").Process().create_time()
+    )
     StepsAppender(folder.file("steps.bin")).append_many(
-        [row(i, loss=2.0 - i / 100, val=(1.5 if i % 10 == 0 else math.nan)) for i in range(1, 101)])
-    JsonlAppender(folder.file("evals.jsonl")).append({"step": 100, "val_loss": 1.1, "accuracy": 0.8})
-    JsonlAppender(folder.file("telemetry.jsonl")).append({"t": 1.0, "gpu": {"util": 55.0}, "data_wait": 0.1})
+        [row(i, loss=2.0 - i / 100, val=(1.5 if i % 10 == 0 else math.nan)) for i in range(1, 101)]
+    )
+    JsonlAppender(folder.file("evals.jsonl")).append(
+        {"step": 100, "val_loss": 1.1, "accuracy": 0.8}
+    )
+    JsonlAppender(folder.file("telemetry.jsonl")).append(
+        {"t": 1.0, "gpu": {"util": 55.0}, "data_wait": 0.1}
+    )
     snap = folder.snapshot()
     assert snap.status == "running" and snap.step == 100
     assert snap.train_loss == 1.0 and snap.val_loss == 1.5

@@ -20,14 +20,24 @@ from tests.conftest import ROOT, ZOO, cockpit
 BLOBS = ZOO / "blobs.yaml"
 
 
-def fake_run(ws: Path, name: str, *, gpus: int = 1, device: str = "auto", group: str | None = None,
-             parallel: int | None = None, created: float | None = None) -> RunFolder:
+def fake_run(
+    ws: Path,
+    name: str,
+    *,
+    gpus: int = 1,
+    device: str = "auto",
+    group: str | None = None,
+    parallel: int | None = None,
+    created: float | None = None,
+) -> RunFolder:
     """A run folder with just what the scheduler reads (no engine)."""
     path = ws / name
     path.mkdir()
     (path / "preset.yaml").write_text(f"gpus: {gpus}\ndevice: {device}\n")
-    write_json_atomic(path / "run.json", {"created": created or time.time(), "group": group,
-                                          "group_parallel": parallel})
+    write_json_atomic(
+        path / "run.json",
+        {"created": created or time.time(), "group": group, "group_parallel": parallel},
+    )
     return RunFolder(path)
 
 
@@ -48,8 +58,9 @@ class Waiter(threading.Thread):
         self.halt = False
 
     def run(self) -> None:
-        self.lease = slots.acquire(self.folder, self.folder.request(), lambda: self.halt,
-                                   self.places.append, poll=0.02)
+        self.lease = slots.acquire(
+            self.folder, self.folder.request(), lambda: self.halt, self.places.append, poll=0.02
+        )
 
     def place(self) -> str:
         return self.places[-1]["queue"] if self.places else ""
@@ -138,8 +149,13 @@ time.sleep(600)
 
 
 def hold_in_subprocess(folder: RunFolder, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HOLD, str(folder.path)], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder.path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_no_stale_lease_or_ticket_after_an_engine_dies_hard(workspace, monkeypatch):
@@ -165,12 +181,21 @@ def test_an_ablation_group_runs_at_most_parallel_at_once(workspace, monkeypatch)
     monkeypatch.delenv(slots.FAKE_GPUS_ENV, raising=False)
     monkeypatch.setenv(slots.CPU_SLOTS_ENV, "3")
     monkeypatch.setattr(slots, "_nvml_count", lambda: 0)
-    runs = [fake_run(workspace, f"g{i}", group="grp", parallel=2, created=float(i)) for i in range(3)]
+    runs = [
+        fake_run(workspace, f"g{i}", group="grp", parallel=2, created=float(i)) for i in range(3)
+    ]
     a, b = take(runs[0]), take(runs[1])
     third = Waiter(runs[2])
     third.start()
-    wait_for(lambda: third.place() == "1st in line in its ablation group: 2 of its runs at a time (--parallel 2)")
-    outsider = take(fake_run(workspace, "outsider", gpus=0, created=9.0))  # not held up by the group
+    wait_for(
+        lambda: (
+            third.place()
+            == "1st in line in its ablation group: 2 of its runs at a time (--parallel 2)"
+        )
+    )
+    outsider = take(
+        fake_run(workspace, "outsider", gpus=0, created=9.0)
+    )  # not held up by the group
     assert outsider.kind == "cpu"
     a.release()
     third.join(timeout=10)
@@ -205,7 +230,9 @@ def test_cpu_slots_come_from_the_env_then_the_workspace_file(workspace, monkeypa
     monkeypatch.setenv(slots.CPU_SLOTS_ENV, "3")
     assert slots.cpu_slot_count(workspace) == 3
     monkeypatch.setenv(slots.CPU_SLOTS_ENV, "many")
-    with pytest.raises(slots.SlotError, match=r"\$COCKPIT_CPU_SLOTS is 'many': expected a whole number"):
+    with pytest.raises(
+        slots.SlotError, match=r"\$COCKPIT_CPU_SLOTS is 'many': expected a whole number"
+    ):
         slots.cpu_slot_count(workspace)
     monkeypatch.delenv(slots.CPU_SLOTS_ENV)
     (workspace / "cockpit.yaml").write_text("cpu_slots: 0\n")
@@ -240,22 +267,31 @@ def test_visible_devices_narrow_the_gpus(monkeypatch):
 def test_foreign_gpu_processes_are_shown_and_avoided(workspace, monkeypatch):
     monkeypatch.setenv(slots.FAKE_GPUS_ENV, "2")
     # not our child: a descendant of a slot holder would count as the holder's own process
-    out = subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True)
+    out = subprocess.run(
+        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True
+    )
     stranger = psutil.Process(int(out.stdout))
     try:
-        monkeypatch.setattr(slots, "_gpu_processes", lambda indices: {0: [(stranger.pid, 2048.0)], 1: []})
+        monkeypatch.setattr(
+            slots, "_gpu_processes", lambda indices: {0: [(stranger.pid, 2048.0)], 1: []}
+        )
         lease = take(fake_run(workspace, "mine"))
         assert lease.gpus == [1] and lease.note == ""  # the GPU nobody else uses
         crowded = take(fake_run(workspace, "crowded"))
         assert crowded.gpus == [0]
         name = psutil.Process(stranger.pid).name()
-        assert crowded.note == f"GPU 0 also runs 1 process cockpit did not start ({name} pid {stranger.pid} 2.0 GB)"
+        assert (
+            crowded.note
+            == f"GPU 0 also runs 1 process cockpit did not start ({name} pid {stranger.pid} 2.0 GB)"
+        )
         views = slots.slot_views(workspace)
         assert views[0].foreign == [{"pid": stranger.pid, "name": name, "mem_mb": 2048}]
         assert views[1].foreign == []
         assert slots.describe_slots(workspace) == "GPUs: 0 crowded + 1 foreign process · 1 mine"
         # a process of a cockpit run is not foreign
-        monkeypatch.setattr(slots, "_gpu_processes", lambda indices: {1: [(psutil.Process().pid, 10.0)]})
+        monkeypatch.setattr(
+            slots, "_gpu_processes", lambda indices: {1: [(psutil.Process().pid, 10.0)]}
+        )
         assert slots.foreign_processes(slots.slots_root(workspace), [0, 1]) == {}
         lease.release()
         crowded.release()
@@ -266,10 +302,28 @@ def test_foreign_gpu_processes_are_shown_and_avoided(workspace, monkeypatch):
 @pytest.mark.slow
 def test_a_queued_run_starts_when_the_slot_frees_with_no_launcher_left(workspace):
     env = {slots.CPU_SLOTS_ENV: "1"}
-    long = cockpit("run", str(BLOBS), "--stages", "train", "--set", "train.steps=100000", "--detach",
-                   workspace=workspace, env=env)
-    short = cockpit("run", str(BLOBS), "--stages", "train", "--set", "train.steps=20", "--detach",
-                    workspace=workspace, env=env)
+    long = cockpit(
+        "run",
+        str(BLOBS),
+        "--stages",
+        "train",
+        "--set",
+        "train.steps=100000",
+        "--detach",
+        workspace=workspace,
+        env=env,
+    )
+    short = cockpit(
+        "run",
+        str(BLOBS),
+        "--stages",
+        "train",
+        "--set",
+        "train.steps=20",
+        "--detach",
+        workspace=workspace,
+        env=env,
+    )
     assert long.returncode == 0 and short.returncode == 0  # both launchers are gone now
     first, second = list(iter_runs(workspace))
     wait_for(lambda: first.summary().get("status") == "running", timeout=60)
@@ -277,16 +331,27 @@ def test_a_queued_run_starts_when_the_slot_frees_with_no_launcher_left(workspace
     assert second.summary()["status"] == "queued"
     assert second.summary()["queue"] == "1st in line for a CPU slot, 1 of 1 busy"
     ls = cockpit("ls", workspace=workspace, env=env)
-    assert "queued (1st in line for a CPU slot" in ls.stdout and "CPU slots: 1 of 1 busy, 1 queued" in ls.stdout
+    assert (
+        "queued (1st in line for a CPU slot" in ls.stdout
+        and "CPU slots: 1 of 1 busy, 1 queued" in ls.stdout
+    )
     assert cockpit("kill", first.run_id, workspace=workspace).returncode == 0
     wait_for(lambda: second.summary().get("status") == "passed", timeout=60)
     s = second.summary()
-    assert s["started"] >= first.summary()["ended"] and s["queue"] is None and s["slots"] == "CPU slot 0"
+    assert (
+        s["started"] >= first.summary()["ended"]
+        and s["queue"] is None
+        and s["slots"] == "CPU slot 0"
+    )
     assert len(second.steps()) == 20
 
 
 def test_cockpit_run_asking_for_too_many_gpus_exits_2(workspace):
-    r = cockpit("run", str(BLOBS), "--set", "gpus=2", workspace=workspace, env={slots.FAKE_GPUS_ENV: "1"})
+    r = cockpit(
+        "run", str(BLOBS), "--set", "gpus=2", workspace=workspace, env={slots.FAKE_GPUS_ENV: "1"}
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == ("cockpit: the preset asks for gpus: 2, but this machine has 1 GPU (0); "
-                                "lower gpus, or set gpus: 0 to train on the CPU.")
+    assert r.stderr.strip() == (
+        "cockpit: the preset asks for gpus: 2, but this machine has 1 GPU (0); "
+        "lower gpus, or set gpus: 0 to train on the CPU."
+    )

@@ -33,8 +33,10 @@ class Verdict:
             "status": self.status,
             "reason": self.reason,
             "checks": [c.to_json() for c in self.checks],
-            "metrics": {k: (float(v) if v is not None and math.isfinite(float(v)) else None)
-                        for k, v in self.metrics.items()},
+            "metrics": {
+                k: (float(v) if v is not None and math.isfinite(float(v)) else None)
+                for k, v in self.metrics.items()
+            },
         }
 
 

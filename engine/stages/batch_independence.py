@@ -30,17 +30,29 @@ class BatchIndependenceStage(Stage):
         checks: list[Check] = []
         bn = regularizers(model)["batchnorm"]
         if bn:
-            checks.append(Check("batchnorm", "pass",
-                                f"{len(bn)} batchnorm layer{'s' if len(bn) > 1 else ''} mix samples in train mode "
-                                "by design (batch statistics); checked in eval mode, where they don't"))
+            checks.append(
+                Check(
+                    "batchnorm",
+                    "pass",
+                    f"{len(bn)} batchnorm layer{'s' if len(bn) > 1 else ''} mix samples in train mode "
+                    "by design (batch statistics); checked in eval mode, where they don't",
+                )
+            )
         if not x.is_floating_point():
-            return Verdict("skip", f"inputs are {str(x.dtype).removeprefix('torch.')}, not floats: no input gradient to probe",
-                           checks)
+            return Verdict(
+                "skip",
+                f"inputs are {str(x.dtype).removeprefix('torch.')}, not floats: no input gradient to probe",
+                checks,
+            )
         x = x.clone().requires_grad_(True)
         out = model(x)
         if out.shape[0] != b:
-            return Verdict("fail", f"the model's output has {out.shape[0]} rows for a batch of {b}: "
-                                   "something reshapes across the batch dimension", checks)
+            return Verdict(
+                "fail",
+                f"the model's output has {out.shape[0]} rows for a batch of {b}: "
+                "something reshapes across the batch dimension",
+                checks,
+            )
         g = torch.Generator(device="cpu").manual_seed(ctx.seed)
         worst_leak, culprit = 0.0, None
         metrics: dict[str, float] = {"batch": b}
@@ -54,9 +66,14 @@ class BatchIndependenceStage(Stage):
             j = int(others.argmax())
             leak = float(others[j])
             if own == 0 and leak == 0:
-                checks.append(Check(f"gradient_sample_{i}", "warn",
-                                    f"sample {i}'s output has zero gradient with respect to every input: "
-                                    "the output does not depend on the input at all"))
+                checks.append(
+                    Check(
+                        f"gradient_sample_{i}",
+                        "warn",
+                        f"sample {i}'s output has zero gradient with respect to every input: "
+                        "the output does not depend on the input at all",
+                    )
+                )
                 continue
             rel = leak / max(own, 1e-30)
             if rel > worst_leak:
@@ -64,17 +81,27 @@ class BatchIndependenceStage(Stage):
         metrics["leak"] = worst_leak
         if culprit and worst_leak > s.tolerance:
             i, j, leak, own = culprit
-            checks.append(Check(
-                "gradient_isolation", "fail",
-                f"sample {i}'s output depends on sample {j}'s input (gradient {fmt(leak)} vs {fmt(own)} on "
-                f"its own input): something mixes the batch — a view/reshape across the batch dimension "
-                f"(e.g. x.view(-1, …) in the wrong order, a transpose before flatten) or a reduction over dim 0",
-            ))
+            checks.append(
+                Check(
+                    "gradient_isolation",
+                    "fail",
+                    f"sample {i}'s output depends on sample {j}'s input (gradient {fmt(leak)} vs {fmt(own)} on "
+                    f"its own input): something mixes the batch — a view/reshape across the batch dimension "
+                    f"(e.g. x.view(-1, …) in the wrong order, a transpose before flatten) or a reduction over dim 0",
+                )
+            )
         else:
-            checks.append(Check("gradient_isolation", "pass",
-                                f"gradients of samples' outputs stay in their own rows (largest leak {fmt(worst_leak)})"))
+            checks.append(
+                Check(
+                    "gradient_isolation",
+                    "pass",
+                    f"gradients of samples' outputs stay in their own rows (largest leak {fmt(worst_leak)})",
+                )
+            )
         checks.append(self.check_alone(model, x.detach(), out.detach(), metrics))
-        return from_checks(checks, metrics, f"{b} samples: no output depends on another sample's input")
+        return from_checks(
+            checks, metrics, f"{b} samples: no output depends on another sample's input"
+        )
 
     @torch.no_grad()
     def check_alone(self, model, x, out, metrics: dict) -> Check:
@@ -87,7 +114,12 @@ class BatchIndependenceStage(Stage):
         d = max(diffs)
         metrics["alone_vs_batch"] = d
         if d > 1e-3:
-            return Check("alone_vs_batch", "fail",
-                         f"a sample's output changes with its batch-mates (relative difference {fmt(d)} between "
-                         "batch and alone): the forward pass mixes samples")
-        return Check("alone_vs_batch", "pass", f"outputs alone and in the batch agree (difference {fmt(d)})")
+            return Check(
+                "alone_vs_batch",
+                "fail",
+                f"a sample's output changes with its batch-mates (relative difference {fmt(d)} between "
+                "batch and alone): the forward pass mixes samples",
+            )
+        return Check(
+            "alone_vs_batch", "pass", f"outputs alone and in the batch agree (difference {fmt(d)})"
+        )

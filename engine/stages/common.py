@@ -94,8 +94,16 @@ def describe_curve(result: LoopResult, first: float) -> str:
 
 
 def nonfinite_reason(result: LoopResult, lr: float | None) -> str:
-    before = [r for r in result.rows if r.step < (result.nonfinite_step or 0) and math.isfinite(r.train_loss)]
-    last = f" (last finite value {fmt(before[-1].train_loss)} at step {before[-1].step})" if before else ""
+    before = [
+        r
+        for r in result.rows
+        if r.step < (result.nonfinite_step or 0) and math.isfinite(r.train_loss)
+    ]
+    last = (
+        f" (last finite value {fmt(before[-1].train_loss)} at step {before[-1].step})"
+        if before
+        else ""
+    )
     what = "train loss" if result.nonfinite_what == "train" else "loss on the random val batch"
     lr_txt = f" (now {lr:g})" if lr else ""
     return (

@@ -30,9 +30,17 @@ class GeneralizeStage(Stage):
 
         run_eval(0)
         result = train_loop(
-            ctx, model, optimizer, ctx.train_batches(), steps=s.steps, seconds=s.seconds,
-            val_batches=ctx.val_batches(), val_every=s.val_every, scheduler=scheduler,
-            every=run_eval, every_n=s.eval_every,
+            ctx,
+            model,
+            optimizer,
+            ctx.train_batches(),
+            steps=s.steps,
+            seconds=s.seconds,
+            val_batches=ctx.val_batches(),
+            val_every=s.val_every,
+            scheduler=scheduler,
+            every=run_eval,
+            every_n=s.eval_every,
         )
         lr = optimizer.param_groups[0]["lr"]
         if result.stopped == "nonfinite":
@@ -43,8 +51,12 @@ class GeneralizeStage(Stage):
         metric = MAIN_METRIC[ctx.task]
         classes = None if ctx.task == "regression" else _classes(model, ctx)
         kw = reader_kwargs(ctx)
-        base = baseline(collect_targets(ctx.data.train, loader_kwargs=kw),
-                        collect_targets(ctx.data.val, loader_kwargs=kw), ctx.task, classes)
+        base = baseline(
+            collect_targets(ctx.data.train, loader_kwargs=kw),
+            collect_targets(ctx.data.val, loader_kwargs=kw),
+            ctx.task,
+            classes,
+        )
         train = result.train_losses
         metrics = {
             "val_loss_start": start["val_loss"],
@@ -59,15 +71,23 @@ class GeneralizeStage(Stage):
         for k in ("macro_f1", "pixel_acc"):
             if k in end:
                 metrics[k] = end[k]
-        checks = [self.check_val_falls(start, end, metrics, result.steps),
-                  self.check_beats_baseline(metric, end, base),
-                  self.check_trend(evals)]
-        if checks[0].status == "fail" and metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]:
-            checks[0].detail += (f" — yet train loss fell {fmt(metrics['train_loss_first'])} → "
-                                 f"{fmt(metrics['train_loss_last'])}: it memorises without learning anything "
-                                 "that transfers (labels misaligned with inputs? train and val from different sources?)")
+        checks = [
+            self.check_val_falls(start, end, metrics, result.steps),
+            self.check_beats_baseline(metric, end, base),
+            self.check_trend(evals),
+        ]
+        if (
+            checks[0].status == "fail"
+            and metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]
+        ):
+            checks[0].detail += (
+                f" — yet train loss fell {fmt(metrics['train_loss_first'])} → "
+                f"{fmt(metrics['train_loss_last'])}: it memorises without learning anything "
+                "that transfers (labels misaligned with inputs? train and val from different sources?)"
+            )
         return from_checks(
-            checks, metrics,
+            checks,
+            metrics,
             f"val loss {fmt(start['val_loss'])} → {fmt(end['val_loss'])} in {result.steps} steps; "
             f"{metric} {fmt(end.get(metric))} vs {fmt(base.get(metric))} for the input-blind baseline",
         )
@@ -81,23 +101,38 @@ class GeneralizeStage(Stage):
         if not math.isfinite(l1):
             return Check("val_loss_falls", "fail", f"the val loss became {fmt(l1)}")
         if drop > need:
-            return Check("val_loss_falls", "pass",
-                         f"val loss fell {fmt(l0)} → {fmt(l1)} ({100 * drop / l0:.0f}%, noise ±{fmt(noise)})")
-        return Check("val_loss_falls", "fail",
-                     f"val loss did not fall beyond noise in {steps} steps: {fmt(l0)} → {fmt(l1)} "
-                     f"(needed a fall of {fmt(need)})")
+            return Check(
+                "val_loss_falls",
+                "pass",
+                f"val loss fell {fmt(l0)} → {fmt(l1)} ({100 * drop / l0:.0f}%, noise ±{fmt(noise)})",
+            )
+        return Check(
+            "val_loss_falls",
+            "fail",
+            f"val loss did not fall beyond noise in {steps} steps: {fmt(l0)} → {fmt(l1)} "
+            f"(needed a fall of {fmt(need)})",
+        )
 
     def check_beats_baseline(self, metric: str, end: dict, base: dict) -> Check:
         got, ref = end.get(metric, math.nan), base.get(metric, math.nan)
         if not (math.isfinite(got) and math.isfinite(ref)):
             return Check("beats_baseline", "skip", f"no {metric} to compare")
         better = got > ref + 0.01 if HIGHER_IS_BETTER[metric] else got < ref * 0.99
-        blind = "always predicting the majority class" if metric != "mae" else "always predicting the train median"
+        blind = (
+            "always predicting the majority class"
+            if metric != "mae"
+            else "always predicting the train median"
+        )
         if better:
-            return Check("beats_baseline", "pass", f"val {metric} {fmt(got)} beats {fmt(ref)} for {blind}")
-        return Check("beats_baseline", "fail",
-                     f"val {metric} {fmt(got)} is no better than {fmt(ref)} for {blind}: the model "
-                     "has not learned to use the input")
+            return Check(
+                "beats_baseline", "pass", f"val {metric} {fmt(got)} beats {fmt(ref)} for {blind}"
+            )
+        return Check(
+            "beats_baseline",
+            "fail",
+            f"val {metric} {fmt(got)} is no better than {fmt(ref)} for {blind}: the model "
+            "has not learned to use the input",
+        )
 
     def check_trend(self, evals: list[tuple[int, dict]]) -> Check:
         if len(evals) < 3:
@@ -105,9 +140,12 @@ class GeneralizeStage(Stage):
         best_step, best = min(((s, m["val_loss"]) for s, m in evals), key=lambda t: t[1])
         last = evals[-1][1]["val_loss"]
         if last > best * 1.1 and best_step != evals[-1][0]:
-            return Check("val_trend", "warn",
-                         f"val loss rose from its minimum {fmt(best)} (step {best_step}) to {fmt(last)}: "
-                         "overfitting begins — more data, augmentation (train only) or regularization")
+            return Check(
+                "val_trend",
+                "warn",
+                f"val loss rose from its minimum {fmt(best)} (step {best_step}) to {fmt(last)}: "
+                "overfitting begins — more data, augmentation (train only) or regularization",
+            )
         return Check("val_trend", "pass", f"val loss lowest at step {best_step} of {evals[-1][0]}")
 
 

@@ -37,7 +37,10 @@ class InitStage(Stage):
         s = self.settings
         task = ctx.task
         checks: list[Check] = []
-        metrics: dict[str, float] = {"train_size": len(ctx.data.train), "val_size": len(ctx.data.val)}
+        metrics: dict[str, float] = {
+            "train_size": len(ctx.data.train),
+            "val_size": len(ctx.data.val),
+        }
         idx = _sample_indices(len(ctx.data.train), s.samples, ctx.seed)
         x, y = collate(ctx.data.train, idx, "train")
         checks += self.check_format(task, x, y)
@@ -68,42 +71,75 @@ class InitStage(Stage):
             return from_checks(checks, metrics, "")
         if task != "regression" and classes:
             checks.append(self.check_balance(ctx, task, classes, metrics))
-        checks.append(Check(
-            "parameters",
-            "warn" if params > s.max_params else "pass",
-            f"{_human(params)} parameters"
-            + (f": start with a model under {_human(s.max_params)} and scale up last" if params > s.max_params else ""),
-        ))
+        checks.append(
+            Check(
+                "parameters",
+                "warn" if params > s.max_params else "pass",
+                f"{_human(params)} parameters"
+                + (
+                    f": start with a model under {_human(s.max_params)} and scale up last"
+                    if params > s.max_params
+                    else ""
+                ),
+            )
+        )
         optimizer = ctx.build_optimizer(model)
         checks.append(self.check_tricks(ctx, model, optimizer))
         checks.append(self.check_loss_at_init(ctx, model, task, classes, metrics))
         checks.append(self.check_gradients(ctx, model, probe_x, probe_y))
         ok = "data, splits, model and gradients look right"
         loss_check = next(c for c in checks if c.name == "loss_at_init")
-        return from_checks(checks, metrics, f"{loss_check.detail} · {_human(params)} parameters · {ok}")
+        return from_checks(
+            checks, metrics, f"{loss_check.detail} · {_human(params)} parameters · {ok}"
+        )
 
     # ---- data --------------------------------------------------------------------
     def check_format(self, task: str, x, y) -> list[Check]:
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            return [Check("data_format", "fail",
-                          f"samples must be (tensor, tensor) pairs, got ({type(x).__name__}, {type(y).__name__})")]
+            return [
+                Check(
+                    "data_format",
+                    "fail",
+                    f"samples must be (tensor, tensor) pairs, got ({type(x).__name__}, {type(y).__name__})",
+                )
+            ]
         desc = f"inputs {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}, targets {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')}"
         if task in ("classification", "segmentation"):
             if y.is_floating_point():
                 vals = ", ".join(fmt(v) for v in y.reshape(-1)[:3].tolist())
-                return [Check("data_format", "fail",
-                              f"{task} targets must be class ids (torch.long), got {str(y.dtype).removeprefix('torch.')} "
-                              f"(values like {vals}): return torch.long ids, not one-hot or floats")]
+                return [
+                    Check(
+                        "data_format",
+                        "fail",
+                        f"{task} targets must be class ids (torch.long), got {str(y.dtype).removeprefix('torch.')} "
+                        f"(values like {vals}): return torch.long ids, not one-hot or floats",
+                    )
+                ]
             if task == "classification" and y.ndim != 1:
-                return [Check("data_format", "fail",
-                              f"classification targets must be one class id per sample, got shape {tuple(y.shape[1:])} per sample; "
-                              "one-hot targets? return the index (argmax) instead")]
+                return [
+                    Check(
+                        "data_format",
+                        "fail",
+                        f"classification targets must be one class id per sample, got shape {tuple(y.shape[1:])} per sample; "
+                        "one-hot targets? return the index (argmax) instead",
+                    )
+                ]
             if task == "segmentation" and y.ndim != 3:
-                return [Check("data_format", "fail",
-                              f"segmentation targets must be (H, W) masks of class ids, got shape {tuple(y.shape[1:])} per sample")]
+                return [
+                    Check(
+                        "data_format",
+                        "fail",
+                        f"segmentation targets must be (H, W) masks of class ids, got shape {tuple(y.shape[1:])} per sample",
+                    )
+                ]
         elif not y.is_floating_point():
-            return [Check("data_format", "fail",
-                          f"regression targets must be floats, got {str(y.dtype).removeprefix('torch.')}; convert them with .float()")]
+            return [
+                Check(
+                    "data_format",
+                    "fail",
+                    f"regression targets must be floats, got {str(y.dtype).removeprefix('torch.')}; convert them with .float()",
+                )
+            ]
         return [Check("data_format", "pass", desc)]
 
     def check_finite(self, x, y, task: str) -> Check:
@@ -111,13 +147,17 @@ class InitStage(Stage):
         if x.is_floating_point():
             rows = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
             if rows.any():
-                bad.append(f"{int(rows.sum())} of {len(x)} inputs contain NaN or inf (first: sample {int(rows.nonzero()[0])})")
+                bad.append(
+                    f"{int(rows.sum())} of {len(x)} inputs contain NaN or inf (first: sample {int(rows.nonzero()[0])})"
+                )
         if y.is_floating_point():
             rows = ~torch.isfinite(y.reshape(len(y), -1)).all(1)
             if rows.any():
                 bad.append(f"{int(rows.sum())} of {len(y)} targets contain NaN or inf")
         if bad:
-            return Check("finite_inputs", "fail", "; ".join(bad) + ": clean or drop them in the dataset")
+            return Check(
+                "finite_inputs", "fail", "; ".join(bad) + ": clean or drop them in the dataset"
+            )
         return Check("finite_inputs", "pass", f"no NaN or inf in {len(x)} samples")
 
     def check_inputs_vary(self, x) -> Check:
@@ -125,9 +165,12 @@ class InitStage(Stage):
             return Check("inputs_vary", "skip", "only one train sample")
         flat = x.reshape(len(x), -1)
         if bool((flat == flat[:1]).all()):
-            return Check("inputs_vary", "fail",
-                         f"all {len(x)} sampled inputs are identical: the dataset returns the same input "
-                         "for every index (an index ignored in __getitem__?)")
+            return Check(
+                "inputs_vary",
+                "fail",
+                f"all {len(x)} sampled inputs are identical: the dataset returns the same input "
+                "for every index (an index ignored in __getitem__?)",
+            )
         return Check("inputs_vary", "pass", "inputs differ from sample to sample")
 
     def check_val_deterministic(self, ctx: RunContext) -> Check:
@@ -138,18 +181,26 @@ class InitStage(Stage):
             for part, (u, v) in (("input", (a[0], b[0])), ("target", (a[1], b[1]))):
                 u, v = torch.as_tensor(u), torch.as_tensor(v)
                 if u.shape != v.shape:
-                    return Check("val_deterministic", "fail",
-                                 f"val sample {i} changes shape between two reads: the val set is augmented "
-                                 "(random crops?) — build it without random transforms")
+                    return Check(
+                        "val_deterministic",
+                        "fail",
+                        f"val sample {i} changes shape between two reads: the val set is augmented "
+                        "(random crops?) — build it without random transforms",
+                    )
                 d = float((u.double() - v.double()).abs().max()) if u.numel() else 0.0
                 if d > worst:
                     worst, where = d, (i, part)
         if worst > 0:
             i, part = where
-            return Check("val_deterministic", "fail",
-                         f"val sample {i} returns a different {part} each read (max difference {fmt(worst)}): "
-                         "the val set is augmented — never augment val; build it without random transforms")
-        return Check("val_deterministic", "pass", f"{len(idx)} val samples read twice are identical")
+            return Check(
+                "val_deterministic",
+                "fail",
+                f"val sample {i} returns a different {part} each read (max difference {fmt(worst)}): "
+                "the val set is augmented — never augment val; build it without random transforms",
+            )
+        return Check(
+            "val_deterministic", "pass", f"{len(idx)} val samples read twice are identical"
+        )
 
     def check_overlap(self, ctx: RunContext, metrics: dict) -> Check:
         n = self.settings.overlap_samples
@@ -166,59 +217,91 @@ class InitStage(Stage):
             return Check("train_val_overlap", "pass", f"no val input appears in train ({checked})")
         status = "fail" if frac >= 0.05 else "warn"
         estimate = "" if len(tr) >= len(ctx.data.train) else ", estimated over the whole train set"
-        return Check("train_val_overlap", status,
-                     f"{shared} of {len(va)} val inputs also appear in train ({checked}; "
-                     f"{100 * frac:.1f}% of val{estimate}): val metrics will flatter the model — "
-                     "de-duplicate, and split before augmenting")
+        return Check(
+            "train_val_overlap",
+            status,
+            f"{shared} of {len(va)} val inputs also appear in train ({checked}; "
+            f"{100 * frac:.1f}% of val{estimate}): val metrics will flatter the model — "
+            "de-duplicate, and split before augmenting",
+        )
 
     def check_target_range(self, ctx, task: str, out, probe_y, y, classes) -> Check:
         if task == "regression":
             if out.shape != probe_y.shape:
                 hint = ""
                 if out.ndim == probe_y.ndim + 1 and out.shape[-1] == 1:
-                    hint = (f": MSE/L1 losses broadcast {tuple(out.shape)} against {tuple(probe_y.shape)} to "
-                            f"({len(out)}, {len(out)}) and learn only the mean — squeeze the output's last dim")
-                return Check("target_range", "fail",
-                             f"model output {tuple(out.shape)} and targets {tuple(probe_y.shape)} differ in shape{hint}")
+                    hint = (
+                        f": MSE/L1 losses broadcast {tuple(out.shape)} against {tuple(probe_y.shape)} to "
+                        f"({len(out)}, {len(out)}) and learn only the mean — squeeze the output's last dim"
+                    )
+                return Check(
+                    "target_range",
+                    "fail",
+                    f"model output {tuple(out.shape)} and targets {tuple(probe_y.shape)} differ in shape{hint}",
+                )
             return Check("target_range", "pass", f"outputs match targets {tuple(out.shape[1:])}")
         if out.ndim < 2:
-            return Check("target_range", "fail", f"the model outputs shape {tuple(out.shape)}; {task} needs (batch, classes, ...)")
+            return Check(
+                "target_range",
+                "fail",
+                f"the model outputs shape {tuple(out.shape)}; {task} needs (batch, classes, ...)",
+            )
         if task == "segmentation" and out.shape[2:] != probe_y.shape[1:]:
-            return Check("target_range", "fail",
-                         f"the model outputs {tuple(out.shape)} but masks are {tuple(probe_y.shape)}: "
-                         "segmentation needs (B, C, H, W) logits for (B, H, W) masks")
+            return Check(
+                "target_range",
+                "fail",
+                f"the model outputs {tuple(out.shape)} but masks are {tuple(probe_y.shape)}: "
+                "segmentation needs (B, C, H, W) logits for (B, H, W) masks",
+            )
         ignore = getattr(ctx.loss_fn, "ignore_index", None)
         vals = y[y != ignore] if ignore is not None else y.reshape(-1)
         lo, hi = int(vals.min()), int(vals.max())
         if lo < 0 or hi >= classes:
-            return Check("target_range", "fail",
-                         f"targets range over {lo}..{hi}, but the model outputs {classes} classes (ids 0..{classes - 1}): "
-                         f"set the model's output size to {max(hi + 1, classes)}, or remap the labels")
-        return Check("target_range", "pass", f"targets {lo}..{hi} fit the model's {classes} outputs")
+            return Check(
+                "target_range",
+                "fail",
+                f"targets range over {lo}..{hi}, but the model outputs {classes} classes (ids 0..{classes - 1}): "
+                f"set the model's output size to {max(hi + 1, classes)}, or remap the labels",
+            )
+        return Check(
+            "target_range", "pass", f"targets {lo}..{hi} fit the model's {classes} outputs"
+        )
 
     def check_balance(self, ctx: RunContext, task: str, classes: int, metrics: dict) -> Check:
         limit = self.settings.overlap_samples if task == "classification" else self.settings.samples
         ys = collect_targets(ctx.data.train, limit=limit, loader_kwargs=reader_kwargs(ctx))
-        counts = torch.bincount(ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes).double()
+        counts = torch.bincount(
+            ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes
+        ).double()
         seen = counts[counts > 0]
         ratio = float(seen.max() / seen.min()) if len(seen) else 1.0
         metrics["imbalance_ratio"] = ratio
         missing = [i for i in range(classes) if counts[i] == 0]
         unit = "samples" if task == "classification" else "pixels"
-        limit = self.settings.imbalance_ratio if task == "classification" else self.settings.pixel_imbalance_ratio
+        limit = (
+            self.settings.imbalance_ratio
+            if task == "classification"
+            else self.settings.pixel_imbalance_ratio
+        )
         if ratio <= limit and not missing:
-            return Check("class_balance", "pass", f"{classes} classes, the largest {ratio:.1f}× the smallest")
-        weights = (counts.sum() / (classes * counts.clamp(min=1)))
+            return Check(
+                "class_balance", "pass", f"{classes} classes, the largest {ratio:.1f}× the smallest"
+            )
+        weights = counts.sum() / (classes * counts.clamp(min=1))
         weights = weights / weights[counts > 0].mean()
         w = "[" + ", ".join(f"{v:.2f}" for v in weights.tolist()) + "]"
         share = counts / counts.sum()
         lo_c = int(torch.where(counts > 0, share, torch.full_like(share, 2)).argmin())
         hi_c = int(share.argmax())
-        detail = (f"classes are imbalanced: class {hi_c} has {100 * share[hi_c]:.1f}% of {unit}, class {lo_c} "
-                  f"{100 * share[lo_c]:.1f}% ({ratio:.1f}×)")
+        detail = (
+            f"classes are imbalanced: class {hi_c} has {100 * share[hi_c]:.1f}% of {unit}, class {lo_c} "
+            f"{100 * share[lo_c]:.1f}% ({ratio:.1f}×)"
+        )
         if missing:
             detail += f"; class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))} never appear"
-        detail += f"; suggested loss weights: loss: {{_target_: torch.nn.CrossEntropyLoss, weight: {w}}}"
+        detail += (
+            f"; suggested loss weights: loss: {{_target_: torch.nn.CrossEntropyLoss, weight: {w}}}"
+        )
         return Check("class_balance", "warn", detail)
 
     # ---- model -------------------------------------------------------------------
@@ -235,9 +318,12 @@ class InitStage(Stage):
         if ctx.preset.get("scheduler") is not None:
             parts.append(f"LR schedule ({ctx.preset.get('scheduler._target_').rsplit('.', 1)[-1]})")
         if parts:
-            return Check("tricks_off", "warn",
-                         f"tricks are on: {'; '.join(parts)} — the recipe starts without them and adds "
-                         "them back once the ladder passes")
+            return Check(
+                "tricks_off",
+                "warn",
+                f"tricks are on: {'; '.join(parts)} — the recipe starts without them and adds "
+                "them back once the ladder passes",
+            )
         return Check("tricks_off", "pass", "no dropout, batchnorm, weight decay or LR schedule")
 
     def check_loss_at_init(self, ctx, model, task: str, classes, metrics: dict) -> Check:
@@ -258,8 +344,13 @@ class InitStage(Stage):
         name = type(ctx.loss_fn).__name__
         expected, why = None, ""
         if task in ("classification", "segmentation") and name == "CrossEntropyLoss" and classes:
-            if getattr(ctx.loss_fn, "weight", None) is None and not getattr(ctx.loss_fn, "label_smoothing", 0):
-                expected, why = math.log(classes), f"ln {classes} = {math.log(classes):.3f} for {classes} classes"
+            if getattr(ctx.loss_fn, "weight", None) is None and not getattr(
+                ctx.loss_fn, "label_smoothing", 0
+            ):
+                expected, why = (
+                    math.log(classes),
+                    f"ln {classes} = {math.log(classes):.3f} for {classes} classes",
+                )
         elif task == "regression" and name in ("MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss"):
             yy = torch.cat(ys).float()
             centre = yy.mean(0) if name == "MSELoss" else yy.median(0).values
@@ -267,53 +358,86 @@ class InitStage(Stage):
             metrics["loss_of_mean_predictor"] = expected
             big = loss > 4 * expected + 1e-8
             if not math.isfinite(loss):
-                return Check("loss_at_init", "fail", f"the loss at init is {fmt(loss)}: the model's first outputs are not finite")
+                return Check(
+                    "loss_at_init",
+                    "fail",
+                    f"the loss at init is {fmt(loss)}: the model's first outputs are not finite",
+                )
             if big:
-                return Check("loss_at_init", "warn",
-                             f"loss at init {fmt(loss)} is {loss / max(expected, 1e-12):.0f}× what predicting the "
-                             f"target mean gives ({fmt(expected)}): targets average "
-                             f"{', '.join(fmt(v) for v in yy.mean(0).reshape(-1)[:3].tolist())} — "
-                             "initialise the last bias to it, or normalise the targets")
-            return Check("loss_at_init", "pass",
-                         f"loss at init {fmt(loss)} (predicting the target mean: {fmt(expected)})")
+                return Check(
+                    "loss_at_init",
+                    "warn",
+                    f"loss at init {fmt(loss)} is {loss / max(expected, 1e-12):.0f}× what predicting the "
+                    f"target mean gives ({fmt(expected)}): targets average "
+                    f"{', '.join(fmt(v) for v in yy.mean(0).reshape(-1)[:3].tolist())} — "
+                    "initialise the last bias to it, or normalise the targets",
+                )
+            return Check(
+                "loss_at_init",
+                "pass",
+                f"loss at init {fmt(loss)} (predicting the target mean: {fmt(expected)})",
+            )
         if not math.isfinite(loss):
-            return Check("loss_at_init", "fail", f"the loss at init is {fmt(loss)}: the model's first outputs are not finite")
+            return Check(
+                "loss_at_init",
+                "fail",
+                f"the loss at init is {fmt(loss)}: the model's first outputs are not finite",
+            )
         if expected is None:
-            return Check("loss_at_init", "pass", f"loss at init {fmt(loss)} ({name}: no expected value to compare)")
+            return Check(
+                "loss_at_init",
+                "pass",
+                f"loss at init {fmt(loss)} ({name}: no expected value to compare)",
+            )
         metrics["expected_loss_at_init"] = expected
         off = (loss - expected) / expected
         if abs(off) <= s.loss_tolerance:
             return Check("loss_at_init", "pass", f"loss at init {fmt(loss)} ≈ {why}")
         if off > 0:
-            return Check("loss_at_init", "warn",
-                         f"loss at init {fmt(loss)} is {loss / expected:.1f}× the expected {why}: the "
-                         "model is confidently wrong from the start — scale down the last layer's initial "
-                         "weights (or zero its bias)")
-        return Check("loss_at_init", "warn",
-                     f"loss at init {fmt(loss)} is far below the expected {why}: the untrained model "
-                     "already predicts well — do the targets leak into the inputs?")
+            return Check(
+                "loss_at_init",
+                "warn",
+                f"loss at init {fmt(loss)} is {loss / expected:.1f}× the expected {why}: the "
+                "model is confidently wrong from the start — scale down the last layer's initial "
+                "weights (or zero its bias)",
+            )
+        return Check(
+            "loss_at_init",
+            "warn",
+            f"loss at init {fmt(loss)} is far below the expected {why}: the untrained model "
+            "already predicts well — do the targets leak into the inputs?",
+        )
 
     def check_gradients(self, ctx, model: nn.Module, x, y) -> Check:
         ran: set[str] = set()
-        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: ran.add(name))
-                 for name, m in model.named_modules()]
+        hooks = [
+            m.register_forward_hook(lambda mod, i, o, name=name: ran.add(name))
+            for name, m in model.named_modules()
+        ]
         model.train()
         model.zero_grad(set_to_none=True)
         try:
             ctx.loss_fn(model(x), y).backward()
         except RuntimeError as e:
             if "does not require grad" in str(e):
-                return Check("gradients", "fail",
-                             "the loss does not depend on any trainable parameter: the forward pass "
-                             "detaches the graph (.detach(), .item(), .data, torch.no_grad) or every "
-                             "parameter is frozen")
+                return Check(
+                    "gradients",
+                    "fail",
+                    "the loss does not depend on any trainable parameter: the forward pass "
+                    "detaches the graph (.detach(), .item(), .data, torch.no_grad) or every "
+                    "parameter is frozen",
+                )
             raise
         finally:
             for h in hooks:
                 h.remove()
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
-            return Check("gradients", "fail", "the model has no trainable parameters (all requires_grad=False)")
+            return Check(
+                "gradients",
+                "fail",
+                "the model has no trainable parameters (all requires_grad=False)",
+            )
         detached, unused, zero, nonfinite = [], [], [], []
         for n, p in trainable:
             owner = n.rpartition(".")[0]
@@ -325,19 +449,32 @@ class InitStage(Stage):
                 zero.append(n)
         model.zero_grad(set_to_none=True)
         if nonfinite:
-            return Check("gradients", "fail", f"non-finite gradients at init in {_names(nonfinite)}")
+            return Check(
+                "gradients", "fail", f"non-finite gradients at init in {_names(nonfinite)}"
+            )
         if detached:
-            return Check("gradients", "fail",
-                         f"{_names(detached)} got no gradient although {'its layer' if len(detached) == 1 else 'their layers'} "
-                         "ran: something between it and the loss detaches the graph (.detach(), .item(), "
-                         ".data, torch.no_grad, a numpy round-trip)")
+            return Check(
+                "gradients",
+                "fail",
+                f"{_names(detached)} got no gradient although {'its layer' if len(detached) == 1 else 'their layers'} "
+                "ran: something between it and the loss detaches the graph (.detach(), .item(), "
+                ".data, torch.no_grad, a numpy round-trip)",
+            )
         if unused:
-            return Check("gradients", "warn",
-                         f"{_names(unused)} never receive a gradient: defined but not used in forward")
+            return Check(
+                "gradients",
+                "warn",
+                f"{_names(unused)} never receive a gradient: defined but not used in forward",
+            )
         if zero:
-            return Check("gradients", "warn",
-                         f"{_names(zero)} get an all-zero gradient at init (dead ReLUs, or multiplied by zero?)")
-        return Check("gradients", "pass", f"all {len(trainable)} parameter tensors receive a gradient")
+            return Check(
+                "gradients",
+                "warn",
+                f"{_names(zero)} get an all-zero gradient at init (dead ReLUs, or multiplied by zero?)",
+            )
+        return Check(
+            "gradients", "pass", f"all {len(trainable)} parameter tensors receive a gradient"
+        )
 
 
 def _names(names: list[str]) -> str:
@@ -355,8 +492,12 @@ def _fingerprints(dataset, n: int, loader_kwargs: dict) -> dict | None:
 
         idx = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).long().unique().tolist()
         try:
-            xs = torch.cat([torch.as_tensor(x) for x, _ in
-                            DataLoader(Subset(dataset, idx), batch_size=64, **loader_kwargs)])
+            xs = torch.cat(
+                [
+                    torch.as_tensor(x)
+                    for x, _ in DataLoader(Subset(dataset, idx), batch_size=64, **loader_kwargs)
+                ]
+            )
         except (RuntimeError, TypeError, ValueError):
             return None  # inputs that don't stack (variable sizes): nothing to hash here
     flat = xs.reshape(len(xs), -1).double()

@@ -36,7 +36,10 @@ class MultiGpuStage(Stage):
         s = self.settings
         world = ddp.world_size(ctx.preset)
         if world < 2:
-            return Verdict("skip", "the preset asks for one GPU, so there is no DDP to check; set gpus: 2 or more")
+            return Verdict(
+                "skip",
+                "the preset asks for one GPU, so there is no DDP to check; set gpus: 2 or more",
+            )
         result = ddp.run_stage(ctx, self.name)
         if result.get("status") == "crashed":
             return ddp.crash_verdict(result)
@@ -48,42 +51,63 @@ class MultiGpuStage(Stage):
         scaling = result["samples_per_s"] / single_sps
         where = f"{world} processes ({result['backend']} on {result['device']})"
         metrics = {
-            "world_size": world, "global_batch": result["global_batch"], "steps": len(losses),
-            "max_loss_gap": gaps[gap_step], "param_max_diff": result["param_max_diff"],
-            "samples_per_s_single": single_sps, "samples_per_s_ddp": result["samples_per_s"],
-            "scaling": scaling, "efficiency": scaling / world,
+            "world_size": world,
+            "global_batch": result["global_batch"],
+            "steps": len(losses),
+            "max_loss_gap": gaps[gap_step],
+            "param_max_diff": result["param_max_diff"],
+            "samples_per_s_single": single_sps,
+            "samples_per_s_ddp": result["samples_per_s"],
+            "scaling": scaling,
+            "efficiency": scaling / world,
         }
         checks = []
         if result["param_max_diff"] <= IDENTICAL:
-            checks.append(Check("ranks_identical", "pass",
-                                f"parameters identical on all {world} ranks after {len(losses)} steps"))
+            checks.append(
+                Check(
+                    "ranks_identical",
+                    "pass",
+                    f"parameters identical on all {world} ranks after {len(losses)} steps",
+                )
+            )
         else:
-            checks.append(Check(
-                "ranks_identical", "fail",
-                f"parameters differ across ranks after {len(losses)} steps (relative {fmt(result['param_max_diff'])} "
-                f"in {result['param_worst']}): something changes them outside DDP's gradient sync, e.g. a "
-                "rank-dependent update or a parameter modified in place",
-            ))
+            checks.append(
+                Check(
+                    "ranks_identical",
+                    "fail",
+                    f"parameters differ across ranks after {len(losses)} steps (relative {fmt(result['param_max_diff'])} "
+                    f"in {result['param_worst']}): something changes them outside DDP's gradient sync, e.g. a "
+                    "rank-dependent update or a parameter modified in place",
+                )
+            )
         if gaps[gap_step] <= s.tolerance:
-            checks.append(Check(
-                "matches_single_process", "pass",
-                f"loss trajectory matches one process on the same global batch of {result['global_batch']} "
-                f"(largest relative gap {fmt(gaps[gap_step])})",
-            ))
+            checks.append(
+                Check(
+                    "matches_single_process",
+                    "pass",
+                    f"loss trajectory matches one process on the same global batch of {result['global_batch']} "
+                    f"(largest relative gap {fmt(gaps[gap_step])})",
+                )
+            )
         else:
-            checks.append(Check(
-                "matches_single_process", "fail",
-                f"DDP's loss drifts from one process on the same global batch: {fmt(losses[gap_step])} vs "
-                f"{fmt(reference[gap_step])} at step {gap_step + 1} (relative gap {fmt(gaps[gap_step])} > "
-                f"{fmt(s.tolerance)}); a loss with reduction='sum' makes DDP's averaged gradients 1/{world} "
-                "of one process's, and anything depending on the rank or the per-rank batch changes the math",
-            ))
+            checks.append(
+                Check(
+                    "matches_single_process",
+                    "fail",
+                    f"DDP's loss drifts from one process on the same global batch: {fmt(losses[gap_step])} vs "
+                    f"{fmt(reference[gap_step])} at step {gap_step + 1} (relative gap {fmt(gaps[gap_step])} > "
+                    f"{fmt(s.tolerance)}); a loss with reduction='sum' makes DDP's averaged gradients 1/{world} "
+                    "of one process's, and anything depending on the rank or the per-rank batch changes the math",
+                )
+            )
         scaling_text = f"throughput {scaling:.2f}× one process ({100 * scaling / world:.0f}% efficiency on {world})"
         failed = [c for c in checks if c.status == "fail"]
         if failed:
             return Verdict("fail", failed[0].detail, checks, metrics)
-        reason = (f"{where} stay identical and match one process (gap {fmt(gaps[gap_step])}); "
-                  f"{scaling_text}")
+        reason = (
+            f"{where} stay identical and match one process (gap {fmt(gaps[gap_step])}); "
+            f"{scaling_text}"
+        )
         return Verdict("pass", reason, checks, metrics)
 
     def reference(self, ctx: RunContext, world: int) -> tuple[list[float], float]:

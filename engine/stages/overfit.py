@@ -43,8 +43,15 @@ class OverfitStage(Stage):
             return row.train_loss <= s.reach * first[0] or row.train_loss < 1e-5
 
         result = train_loop(
-            ctx, model, optimizer, repeat(batch), steps=s.steps, seconds=s.seconds,
-            val_batches=ctx.val_batches(), val_every=self.val_every, until=reached,
+            ctx,
+            model,
+            optimizer,
+            repeat(batch),
+            steps=s.steps,
+            seconds=s.seconds,
+            val_batches=ctx.val_batches(),
+            val_every=self.val_every,
+            until=reached,
         )
         ctx.bn_eval = False
         start = first[0] if first else math.nan
@@ -61,16 +68,22 @@ class OverfitStage(Stage):
         what = "one sample" if n == 1 else f"{n} samples"
         checks = []
         if switched:
-            checks.append(Check("regularizers_off", "pass", f"for this stage: {switched}, weight decay 0"))
+            checks.append(
+                Check("regularizers_off", "pass", f"for this stage: {switched}, weight decay 0")
+            )
         if result.stopped == "nonfinite":
             return Verdict("fail", nonfinite_reason(result, lr), checks, metrics)
         curve = describe_curve(result, start)
         if result.stopped == "target":
-            reason = (f"memorised {what}: train loss {fmt(start)} → {fmt(last)} "
-                      f"({100 * last / start:.1f}% of its start) in {result.steps} steps, {result.seconds:.1f} s")
+            reason = (
+                f"memorised {what}: train loss {fmt(start)} → {fmt(last)} "
+                f"({100 * last / start:.1f}% of its start) in {result.steps} steps, {result.seconds:.1f} s"
+            )
             checks.append(Check("loss_reaches_zero", "pass", reason))
             return Verdict("pass", reason, checks, metrics)
-        budget = f"{result.steps} steps" + (f" ({result.seconds:.0f} s budget)" if result.stopped == "seconds" else "")
+        budget = f"{result.steps} steps" + (
+            f" ({result.seconds:.0f} s budget)" if result.stopped == "seconds" else ""
+        )
         reason = self.diagnose(ctx, model, batch, what, curve, budget, start, losses, lr)
         checks.append(Check("loss_reaches_zero", "fail", reason))
         return Verdict("fail", reason, checks, metrics)
@@ -78,14 +91,20 @@ class OverfitStage(Stage):
     def diagnose(self, ctx, model, batch, what, curve, budget, start, losses, lr) -> str:
         end = tail_mean(losses)
         if end > 1.5 * start:
-            return (f"diverged on {what}: train loss {curve} in {budget}; lower the learning rate "
-                    f"(now {lr:g})")
+            return (
+                f"diverged on {what}: train loss {curve} in {budget}; lower the learning rate "
+                f"(now {lr:g})"
+            )
         if end > 0.9 * start:
-            return (f"the loss barely moved on {what}: {curve} in {budget}; raise the learning rate "
-                    f"(now {lr:g}) or check that gradients reach the weights (init stage)")
-        return (f"plateaued on {what}: train loss {curve} in {budget}, short of "
-                f"{100 * self.settings.reach:g}% of its start; the model cannot memorise {what} — "
-                f"more capacity, a higher learning rate (now {lr:g}), or more steps")
+            return (
+                f"the loss barely moved on {what}: {curve} in {budget}; raise the learning rate "
+                f"(now {lr:g}) or check that gradients reach the weights (init stage)"
+            )
+        return (
+            f"plateaued on {what}: train loss {curve} in {budget}, short of "
+            f"{100 * self.settings.reach:g}% of its start; the model cannot memorise {what} — "
+            f"more capacity, a higher learning rate (now {lr:g}), or more steps"
+        )
 
 
 class OverfitOneStage(OverfitStage):
@@ -101,12 +120,16 @@ class OverfitFewStage(OverfitStage):
         spread = output_spread(model, batch[0])
         blind = spread < 1e-3
         if blind:
-            return (f"the output does not depend on the input: all {len(batch[0])} samples get the "
-                    f"same prediction (spread {spread:.1e}), so only one can be fit — {curve}; look for an "
-                    f"input that is dropped, zeroed or detached in forward")
+            return (
+                f"the output does not depend on the input: all {len(batch[0])} samples get the "
+                f"same prediction (spread {spread:.1e}), so only one can be fit — {curve}; look for an "
+                f"input that is dropped, zeroed or detached in forward"
+            )
         if one is not None and one.status == "pass":
-            return (f"overfit_one passed but {what} cannot be memorised ({curve}): the output "
-                    f"barely depends on the input — check that forward uses x, and the capacity")
+            return (
+                f"overfit_one passed but {what} cannot be memorised ({curve}): the output "
+                f"barely depends on the input — check that forward uses x, and the capacity"
+            )
         return base
 
 

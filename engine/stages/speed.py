@@ -67,20 +67,34 @@ class SpeedStage(Stage):
 
         # the real loop (fresh loader, a random val batch each step as in training); its rows
         # stay out of steps.bin: they time a model trained for a few steps, not a curve to read
-        result = train_loop(ctx, model, optimizer, ctx.train_batches(), steps=s.batches + 1,
-                            seconds=s.seconds, val_batches=ctx.val_batches(), val_every=1, log=False)
+        result = train_loop(
+            ctx,
+            model,
+            optimizer,
+            ctx.train_batches(),
+            steps=s.batches + 1,
+            seconds=s.seconds,
+            val_batches=ctx.val_batches(),
+            val_every=1,
+            log=False,
+        )
         rows = result.rows[1:] or result.rows  # the first step pays for start-up
         step_s = sum(r.step_s for r in rows) / len(rows)
         wait = sum(r.data_s for r in rows) / max(sum(r.step_s for r in rows), 1e-12)
-        metrics.update(loop_s_per_batch=step_s, data_wait_share=wait,
-                       batches_per_s=1 / step_s if step_s else 0.0)
+        metrics.update(
+            loop_s_per_batch=step_s,
+            data_wait_share=wait,
+            batches_per_s=1 / step_s if step_s else 0.0,
+        )
 
         checks = [self.check_batch_time(step_s)]
         bottleneck = "data" if data_s > compute_s else "compute"
         metrics["data_bound"] = 1.0 if bottleneck == "data" else 0.0
         checks.append(self.check_data_wait(ctx, wait, data_s, compute_s, t_first))
-        summary = (f"{bottleneck}-bound: {secs(step_s)} per batch ({1 / step_s:.0f} batches/s), "
-                   f"data wait {100 * wait:.0f}% · data alone {secs(data_s)}, compute alone {secs(compute_s)} per batch")
+        summary = (
+            f"{bottleneck}-bound: {secs(step_s)} per batch ({1 / step_s:.0f} batches/s), "
+            f"data wait {100 * wait:.0f}% · data alone {secs(data_s)}, compute alone {secs(compute_s)} per batch"
+        )
         verdict = from_checks(checks, metrics, summary)
         if verdict.status != "pass":
             verdict.reason = f"{verdict.reason} · {summary}"
@@ -95,19 +109,28 @@ class SpeedStage(Stage):
     def check_batch_time(self, step_s: float) -> Check:
         limit = self.settings.max_batch_s
         if step_s > limit:
-            return Check("batch_time", "fail",
-                         f"one batch takes {secs(step_s)}, over {limit:g} s: shrink the model or the batch "
-                         "until the ladder runs fast, then scale up")
+            return Check(
+                "batch_time",
+                "fail",
+                f"one batch takes {secs(step_s)}, over {limit:g} s: shrink the model or the batch "
+                "until the ladder runs fast, then scale up",
+            )
         return Check("batch_time", "pass", f"{secs(step_s)} per batch (limit {limit:g} s)")
 
-    def check_data_wait(self, ctx: RunContext, wait: float, data_s: float, compute_s: float,
-                        first_s: float) -> Check:
+    def check_data_wait(
+        self, ctx: RunContext, wait: float, data_s: float, compute_s: float, first_s: float
+    ) -> Check:
         if wait <= self.settings.data_bound:
-            return Check("data_wait", "pass", f"the loop waits on data {100 * wait:.0f}% of the time")
-        return Check("data_wait", "warn",
-                     f"data-bound: the loop waits on the loader {100 * wait:.0f}% of the time "
-                     f"(data alone {secs(data_s)} per batch, compute alone {secs(compute_s)}) — "
-                     + "; ".join(advice(ctx, first_s)))
+            return Check(
+                "data_wait", "pass", f"the loop waits on data {100 * wait:.0f}% of the time"
+            )
+        return Check(
+            "data_wait",
+            "warn",
+            f"data-bound: the loop waits on the loader {100 * wait:.0f}% of the time "
+            f"(data alone {secs(data_s)} per batch, compute alone {secs(compute_s)}) — "
+            + "; ".join(advice(ctx, first_s)),
+        )
 
 
 def advice(ctx: RunContext, first_s: float) -> list[str]:
@@ -121,7 +144,9 @@ def advice(ctx: RunContext, first_s: float) -> list[str]:
     if ctx.device.type == "cuda" and p.get("pin_memory") is False:
         tips.append("set pin_memory: true for faster host-to-GPU copies")
     if workers > 0 and p.get("persistent_workers") is False:
-        tips.append(f"set persistent_workers: true (workers restart every epoch, {secs(first_s)} each time)")
+        tips.append(
+            f"set persistent_workers: true (workers restart every epoch, {secs(first_s)} each time)"
+        )
     if workers > 0:
         tips.append(f"raise prefetch_factor (now {p.get('prefetch_factor') or 2})")
     tips.append("make __getitem__ cheaper (decode or augment less, cache)")

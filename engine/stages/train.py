@@ -46,9 +46,18 @@ class TrainStage(Stage):
         every = math.gcd(s.eval_every or 0, s.checkpoint_every or 0)
         try:
             result = train_loop(
-                ctx, model, optimizer, ctx.train_batches(), steps=s.steps, seconds=s.seconds,
-                val_batches=ctx.val_batches() if s.val_every else None, val_every=s.val_every,
-                scheduler=scheduler, start_step=start_step, every=periodic, every_n=every,
+                ctx,
+                model,
+                optimizer,
+                ctx.train_batches(),
+                steps=s.steps,
+                seconds=s.seconds,
+                val_batches=ctx.val_batches() if s.val_every else None,
+                val_every=s.val_every,
+                scheduler=scheduler,
+                start_step=start_step,
+                every=periodic,
+                every_n=every,
             )
         except Stopped:
             step = ctx.last_step
@@ -57,15 +66,21 @@ class TrainStage(Stage):
             raise
         end_step = result.rows[-1].step if result.rows else start_step
         if result.stopped == "nonfinite":
-            return Verdict("fail", nonfinite_reason(result, optimizer.param_groups[0]["lr"]), checks,
-                           {"steps": result.steps})
+            return Verdict(
+                "fail",
+                nonfinite_reason(result, optimizer.param_groups[0]["lr"]),
+                checks,
+                {"steps": result.steps},
+            )
         checkpoint.save(ctx.folder, model, optimizer, end_step, self.name)
         final = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
         ctx.log_eval(end_step, final)
         return summarize(result, final, end_step, checks, ctx.task)
 
 
-def summarize(result: LoopResult, final: dict, end_step: int, checks: list[Check], task: str) -> Verdict:
+def summarize(
+    result: LoopResult, final: dict, end_step: int, checks: list[Check], task: str
+) -> Verdict:
     """The train stage's verdict from its loop and its final full-val evaluation."""
     train = result.train_losses
     vals = result.val_losses
@@ -80,7 +95,9 @@ def summarize(result: LoopResult, final: dict, end_step: int, checks: list[Check
     }
     metrics.update({k: v for k, v in final.items() if k not in ("val_loss", "val_loss_se")})
     main = MAIN_METRIC[task]
-    reason = (f"trained {result.steps} steps in {result.seconds:.1f} s: train loss "
-              f"{fmt(metrics['train_loss_first'])} → {fmt(metrics['train_loss_last'])}, val loss "
-              f"{fmt(final['val_loss'])}, {main} {fmt(final.get(main))}")
+    reason = (
+        f"trained {result.steps} steps in {result.seconds:.1f} s: train loss "
+        f"{fmt(metrics['train_loss_first'])} → {fmt(metrics['train_loss_last'])}, val loss "
+        f"{fmt(final['val_loss'])}, {main} {fmt(final.get(main))}"
+    )
     return Verdict("pass", reason, checks, metrics)

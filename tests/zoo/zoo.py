@@ -16,8 +16,14 @@ from torch.utils.data import Dataset, TensorDataset
 # ---------------------------------------------------------------- data
 
 
-def blobs(n_train: int = 512, n_val: int = 256, dim: int = 16, classes: int = 4, seed: int = 0,
-          noise: float = 0.6):
+def blobs(
+    n_train: int = 512,
+    n_val: int = 256,
+    dim: int = 16,
+    classes: int = 4,
+    seed: int = 0,
+    noise: float = 0.6,
+):
     """Gaussian blobs: an easy, healthy classification problem."""
     g = torch.Generator().manual_seed(seed)
     centres = 2.0 * torch.randn(classes, dim, generator=g)
@@ -40,7 +46,9 @@ def blobs_with_nan(**kw):
 def blobs_labels_too_big(**kw):
     """Labels 1..C (off by one) for a model with C outputs."""
     train, val = blobs(**kw)
-    return TensorDataset(train.tensors[0], train.tensors[1] + 1), TensorDataset(val.tensors[0], val.tensors[1] + 1)
+    return TensorDataset(train.tensors[0], train.tensors[1] + 1), TensorDataset(
+        val.tensors[0], val.tensors[1] + 1
+    )
 
 
 def blobs_float_labels(**kw):
@@ -66,7 +74,9 @@ def blobs_shuffled_val_labels(**kw):
     """Val labels permuted: inputs and targets no longer belong together."""
     train, val = blobs(**kw)
     x, y = val.tensors
-    return train, TensorDataset(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))])
+    return train, TensorDataset(
+        x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    )
 
 
 class SameInput(Dataset):
@@ -156,8 +166,15 @@ def broken_data():
 
 
 class MLP(nn.Module):
-    def __init__(self, in_dim: int = 16, hidden: int = 32, classes: int = 4, out_scale: float = 1.0,
-                 dropout: float = 0.0, batchnorm: bool = False):
+    def __init__(
+        self,
+        in_dim: int = 16,
+        hidden: int = 32,
+        classes: int = 4,
+        out_scale: float = 1.0,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(in_dim, hidden)]
         if batchnorm:
@@ -216,7 +233,7 @@ class BatchNormalizer(MLP):
     """Normalises inputs with the batch's own statistics (no batchnorm layer): a leak."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - x.mean(0, keepdim=True)) / (x.std(0, keepdim=True) + 1e-5)
+        x = (x - x.mean(0, keepdim=True)) / (x.std(0, keepdim=True, correction=0) + 1e-5)
         return self.net(x)
 
 
