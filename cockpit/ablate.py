@@ -32,9 +32,9 @@ from cockpit.launch import create_run, start_engine, stop_many
 from engine.ladder import STAGES
 from engine.preset import SCHEMA, Preset, PresetError, apply_overrides, parse_value, validate
 from engine.runfolder import LIVE, RunFolder, resolve_workspace
+from engine.tasks import HIGHER_IS_BETTER
 
 DEFAULT_STAGES = ["train"]
-HIGHER_IS_BETTER = {"accuracy": True, "miou": True, "mae": False}
 _KEY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip("'\"") if isinstance(e, LookupError) else str(e)
         print(f"cockpit: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `cockpit ls | head`: the reader left; a run goes on by itself
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 # ---------------------------------------------------------------- commands
@@ -222,18 +226,8 @@ def _fmt(x, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def _age(t: float) -> str:
-    s = max(0, time.time() - t)
-    if s < 60:
-        return f"{s:.0f}s"
-    if s < 3600:
-        return f"{s / 60:.0f}m"
-    if s < 86400:
-        return f"{s / 3600:.1f}h"
-    return f"{s / 86400:.1f}d"
-
-
 def cmd_ls(args: argparse.Namespace) -> int:
+    from cockpit.app.formatting import age
     from engine.runfolder import iter_runs, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
@@ -258,7 +252,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 _fmt(s.train_loss),
                 _fmt(s.val_loss),
                 metric,
-                _age(s.created),
+                age(time.time() - s.created),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

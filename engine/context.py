@@ -18,12 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from engine import targets
 from engine.preset import Preset
 from engine.runfolder import RunFolder, StepsAppender
-
-DEFAULT_LOSS = {
-    "classification": "torch.nn.CrossEntropyLoss",
-    "segmentation": "torch.nn.CrossEntropyLoss",
-    "regression": "torch.nn.MSELoss",
-}
+from engine.tasks import DEFAULT_LOSS
 
 
 class Stopped(Exception):

@@ -12,16 +12,6 @@ from torch import nn
 
 from engine.loop import move
 
-MAIN_METRIC = {"classification": "accuracy", "segmentation": "miou", "regression": "mae"}
-HIGHER_IS_BETTER = {
-    "accuracy": True,
-    "macro_f1": True,
-    "miou": True,
-    "pixel_acc": True,
-    "mae": False,
-    "val_loss": False,
-}
-
 
 def _confusion(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
     valid = (target >= 0) & (target < classes)

@@ -22,8 +22,7 @@ from typing import Any
 import yaml
 
 from engine.ladder import DEFAULT_LADDER, STAGES, settings_fields
-
-TASKS = ("classification", "segmentation", "regression")
+from engine.tasks import TASKS
 
 
 class PresetError(Exception):

@@ -39,16 +39,6 @@ METRIC_SHORT = {
     "val_loss": "val",
 }
 
-HIGHER_IS_BETTER = {
-    "accuracy": True,
-    "macro_f1": True,
-    "miou": True,
-    "pixel_acc": True,
-    "mae": False,
-    "val_loss": False,
-}
-"""Which way each full-val metric improves (the engine's table, without importing torch)."""
-
 
 def rgb(color: tuple[int, int, int]) -> str:
     """A plot colour as a rich style, so legends match their lines."""

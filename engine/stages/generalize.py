@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from engine.context import RunContext
 from engine.loop import train_loop
-from engine.metrics import HIGHER_IS_BETTER, MAIN_METRIC, baseline, collect_targets, evaluate
+from engine.metrics import baseline, collect_targets, evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
-from engine.stages.common import head_mean, nonfinite_reason, reader_kwargs, tail_mean
+from engine.stages.common import fixed_batch, head_mean, nonfinite_reason, reader_kwargs, tail_mean
+from engine.tasks import HIGHER_IS_BETTER, MAIN_METRIC
 
 
 class GeneralizeStage(Stage):
@@ -150,10 +153,7 @@ class GeneralizeStage(Stage):
 
 
 def _classes(model, ctx: RunContext) -> int | None:
-    import torch
-
-    from engine.stages.common import fixed_batch
-
+    """How many classes the model outputs (the baseline's confusion matrix needs it)."""
     x, _ = fixed_batch(ctx, 1)
     with torch.no_grad():
         was = model.training

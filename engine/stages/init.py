@@ -453,12 +453,13 @@ class InitStage(Stage):
                 "gradients", "fail", f"non-finite gradients at init in {_names(nonfinite)}"
             )
         if detached:
+            layers = _by_layer(detached)
             return Check(
                 "gradients",
                 "fail",
-                f"{_names(detached)} got no gradient although {'its layer' if len(detached) == 1 else 'their layers'} "
-                "ran: something between it and the loss detaches the graph (.detach(), .item(), "
-                ".data, torch.no_grad, a numpy round-trip)",
+                f"{_names(layers)} ran in forward but got no gradient: something between "
+                f"{'it' if len(layers) == 1 else 'them'} and the loss detaches the graph (.detach(), "
+                ".item(), .data, torch.no_grad, a numpy round-trip)",
             )
         if unused:
             return Check(
@@ -475,6 +476,15 @@ class InitStage(Stage):
         return Check(
             "gradients", "pass", f"all {len(trainable)} parameter tensors receive a gradient"
         )
+
+
+def _by_layer(params: list[str]) -> list[str]:
+    """'features.weight', 'features.bias' -> ['layer features (weight, bias)']."""
+    owners: dict[str, list[str]] = {}
+    for name in params:
+        owner, _, leaf = name.rpartition(".")
+        owners.setdefault(owner, []).append(leaf)
+    return [f"layer {o or '(model)'} ({', '.join(leaves)})" for o, leaves in owners.items()]
 
 
 def _names(names: list[str]) -> str:

@@ -9,9 +9,10 @@ import math
 from engine import checkpoint
 from engine.context import RunContext, Stopped
 from engine.loop import LoopResult, train_loop
-from engine.metrics import MAIN_METRIC, evaluate
+from engine.metrics import evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt
 from engine.stages.common import head_mean, nonfinite_reason, tail_mean
+from engine.tasks import MAIN_METRIC
 
 
 class TrainStage(Stage):

@@ -22,6 +22,7 @@ from cockpit.app.widgets.curves import Figure, Line, buckets_for, series_line, s
 from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.plot import CachedPlot
 from cockpit.app.widgets.vim_table import VimTable
+from engine.tasks import HIGHER_IS_BETTER
 
 PALETTE = [
     (97, 175, 239),
@@ -51,7 +52,7 @@ def metric_value(state: RunState, metric: str) -> float:
 
 def rank(runs: Sequence[RunState], metric: str) -> list[RunState]:
     """Best first; runs without the metric last."""
-    higher = fmt.HIGHER_IS_BETTER.get(metric, True)
+    higher = HIGHER_IS_BETTER.get(metric, True)
     present = [r for r in runs if math.isfinite(metric_value(r, metric))]
     missing = [r for r in runs if not math.isfinite(metric_value(r, metric))]
     present.sort(key=lambda r: metric_value(r, metric), reverse=higher)
@@ -77,7 +78,7 @@ def metric_choices(runs: Sequence[RunState]) -> list[str]:
     names: dict[str, None] = {"val_loss": None}
     for r in runs:
         for key, value in (r.last_eval or {}).items():
-            if key in fmt.HIGHER_IS_BETTER and isinstance(value, (int, float)):
+            if key in HIGHER_IS_BETTER and isinstance(value, (int, float)):
                 names[key] = None
     main = [r.snapshot.metric_name for r in runs if r.snapshot.metric_name]
     ordered = [*dict.fromkeys(main), *names]

@@ -17,6 +17,7 @@ from cockpit.app import formatting as fmt
 from cockpit.app.messages import RunState
 from cockpit.app.verdict import DATA_BOUND
 from cockpit.app.widgets.vim_table import VimTable
+from engine.tasks import HIGHER_IS_BETTER
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def sort_runs(
         if key == "age":
             return -s.created
         if key == "metric":
-            higher = fmt.HIGHER_IS_BETTER.get(s.metric_name, True)
+            higher = HIGHER_IS_BETTER.get(s.metric_name, True)
             return -s.metric if higher else s.metric
         return {
             "step": -float(s.step),
