@@ -40,7 +40,7 @@ from typing import Any
 STEP_COLUMNS = (
     "step",  # optimizer step within its stage (continues the parent's count after a warm fork)
     "time",  # unix time when the step's values were produced
-    "stage",  # index into run.json's "stages"
+    "stage",  # index into summary.json's "stage_names"
     "train_loss",
     "val_loss",  # loss on a random val batch (NaN on steps without one)
     "data_s",  # seconds the loop waited on the data loader

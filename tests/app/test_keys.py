@@ -98,6 +98,7 @@ def test_n_opens_the_preset_picker_and_escape_cancels(lab):
     workspace, _ = lab
     Path("presets").mkdir()
     Path("presets/blobs.yaml").write_text(PRESET_YAML)
+    Path("presets/other.yaml").write_text(PRESET_YAML)
 
     async def go():
         app = make_app(workspace)
@@ -105,7 +106,13 @@ def test_n_opens_the_preset_picker_and_escape_cancels(lab):
             await settled(pilot, RUNS)
             await pilot.press("n")
             await wait_until(pilot, lambda: isinstance(app.screen, NewRunDialog), what="the dialog")
-            assert [c.label for c in app.screen.choices] == ["blobs"]
+            assert [c.label for c in app.screen.choices] == ["blobs", "other"]
+            picker = app.screen.query_one("#presets")
+            assert picker.highlighted == 0
+            await pilot.press("j")  # Contract 4: j/k move in the picker too
+            assert picker.highlighted == 1
+            await pilot.press("k")
+            assert picker.highlighted == 0
             await pilot.press("escape")
             await wait_until(
                 pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs list"

@@ -16,6 +16,7 @@ from textual.widgets.option_list import Option
 
 from cockpit.app import keys
 from cockpit.app.presets import PresetChoice, parse_overrides, parse_stages
+from cockpit.app.widgets.vim_table import VimOptionList
 from engine.preset import Preset, PresetError, load
 
 OVERRIDES_HINT = "KEY=VALUE lines, VALUE in YAML"
@@ -45,7 +46,7 @@ class NewRunDialog(ModalScreen[LaunchRequest | None]):
             with Horizontal(id="picker-row"):
                 with Vertical(id="picker-column"):
                     yield Label("preset", classes="field-label")
-                    yield OptionList(
+                    yield VimOptionList(
                         *(
                             Option(Text.assemble(c.label, (f"  {c.origin}", "dim")), id=str(i))
                             for i, c in enumerate(self.choices)
