@@ -325,18 +325,11 @@ def sharded_loader(ctx: RunContext, info: RankInfo) -> DataLoader:
 
 def train(ctx: RunContext, s: Any, info: RankInfo) -> dict | None:
     """The train stage on one rank (settings as TrainSettings); rank 0 returns the result."""
-    from engine.stages.train import summarize
+    from engine.stages.train import prepare, summarize
 
     lead = info.lead
     device = ctx.device
-    model = ctx.build_model()
-    optimizer = ctx.build_optimizer(model)
-    scheduler = ctx.build_scheduler(optimizer)
-    checks: list[Check] = []
-    start_step = 0
-    if ctx.warm is not None:
-        start_step, note = checkpoint.warm_start(ctx.warm, model, optimizer)
-        checks.append(Check("warm_start", "pass", f"restored {note} from step {start_step}"))
+    model, optimizer, scheduler, start_step, checks = prepare(ctx)
     ddp = info.wrap(model)
     batches = ShardedEpochs(sharded_loader(ctx, info))
     val_batches = ctx.val_batches() if lead and s.val_every else None

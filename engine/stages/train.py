@@ -24,14 +24,7 @@ class TrainStage(Stage):
         if ddp.world_size(ctx.preset) > 1:  # gpus > 1: train under DDP, one process per GPU
             return ddp.train_verdict(ddp.run_stage(ctx, self.name))
         s = self.settings
-        model = ctx.build_model()
-        optimizer = ctx.build_optimizer(model)
-        scheduler = ctx.build_scheduler(optimizer)
-        checks: list[Check] = []
-        start_step = 0
-        if ctx.warm is not None:
-            start_step, note = checkpoint.warm_start(ctx.warm, model, optimizer)
-            checks.append(Check("warm_start", "pass", f"restored {note} from step {start_step}"))
+        model, optimizer, scheduler, start_step, checks = prepare(ctx)
         val_loader = ctx.val_loader()
         last_eval: dict = {}
 
@@ -77,6 +70,20 @@ class TrainStage(Stage):
         final = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
         ctx.log_eval(end_step, final)
         return summarize(result, final, end_step, checks, ctx.task)
+
+
+def prepare(ctx: RunContext) -> tuple:
+    """A fresh model, optimizer and schedule — warm from the parent's checkpoint for a warm
+    fork: (model, optimizer, scheduler, the step to continue from, [the warm-start check])."""
+    model = ctx.build_model()
+    optimizer = ctx.build_optimizer(model)
+    scheduler = ctx.build_scheduler(optimizer)
+    checks: list[Check] = []
+    start_step = 0
+    if ctx.warm is not None:
+        start_step, note = checkpoint.warm_start(ctx.warm, model, optimizer)
+        checks.append(Check("warm_start", "pass", f"restored {note} from step {start_step}"))
+    return model, optimizer, scheduler, start_step, checks
 
 
 def summarize(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
+from textual.widgets import DataTable
 
 from cockpit.app import keys
 from cockpit.app.settings import ViewSettings
@@ -45,6 +47,16 @@ class CockpitScreen(Screen):
         """Runs were marked or unmarked."""
 
     # ---- Contract 4 ------------------------------------------------------------------
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        """enter on a table row (the runs list, the compare view) opens that run."""
+        self.cockpit.open_run(str(event.row_key.value))
+
+    def action_open_run(self) -> None:
+        run_id = self.selected_run_id()
+        if run_id:
+            self.cockpit.open_run(run_id)
+
     def action_new_run(self) -> None:
         self.cockpit.open_new_run()
 

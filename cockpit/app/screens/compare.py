@@ -7,7 +7,6 @@ import math
 from collections.abc import Sequence
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Footer
 from textual_plotext.plot import Plot
@@ -284,15 +283,6 @@ class CompareScreen(CockpitScreen):
     # ---- keys ------------------------------------------------------------------------------
     def action_back(self) -> None:
         self.app.pop_screen()
-
-    @on(DataTable.RowSelected)
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        self.cockpit.open_run(str(event.row_key.value))
-
-    def action_open_run(self) -> None:
-        run_id = self.selected_run_id()
-        if run_id:
-            self.cockpit.open_run(run_id)
 
     def action_rank_metric(self) -> None:
         choices = metric_choices(self.members())

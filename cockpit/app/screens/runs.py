@@ -211,15 +211,6 @@ class RunsScreen(CockpitScreen):
     def _highlighted(self) -> None:
         self._show_details()
 
-    @on(DataTable.RowSelected)
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        self.cockpit.open_run(str(event.row_key.value))
-
-    def action_open_run(self) -> None:
-        run_id = self.selected_run_id()
-        if run_id:
-            self.cockpit.open_run(run_id)
-
     def action_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
         self.reverse = False
