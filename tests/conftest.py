@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,14 @@ def check(stage_record: dict, name: str) -> dict:
     found = [c for c in stage_record["checks"] if c["name"] == name]
     assert found, f"no check {name} in {[c['name'] for c in stage_record['checks']]}"
     return found[0]
+
+
+def wait_for(pred, timeout: float = 90.0, every: float = 0.05):
+    """Poll ``pred`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from engine.runfolder import RunFolder, iter_runs
-from tests.conftest import PRESETS, ROOT, ZOO, cockpit
+from tests.conftest import PRESETS, ROOT, ZOO, cockpit, wait_for
 
 QUICK = PRESETS / "quickstart.yaml"
 BLOBS = ZOO / "blobs.yaml"
@@ -48,16 +47,6 @@ def descendants_alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             continue
     return alive
-
-
-def wait_for(pred, timeout: float = 60.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def test_quickstart_passes_the_whole_ladder(workspace):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import torch
 from cockpit import launch
 from engine import checkpoint
 from engine.runfolder import JsonlTail, RunFolder, iter_runs
-from tests.conftest import ZOO, cockpit
+from tests.conftest import ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"
 CPU = {"COCKPIT_FAKE_GPUS": "0", "COCKPIT_DDP_TIMEOUT_S": "60"}
@@ -34,16 +33,6 @@ LONG = [
 ]
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(pred, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting")
 
 
 def only_run(ws) -> RunFolder:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from cockpit import launch
 from engine.runfolder import JsonlAppender, RunFolder, iter_runs, write_json_atomic
-from tests.conftest import ZOO, cockpit
+from tests.conftest import ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"
 SLOW_WITH_WORKERS = [
@@ -29,16 +28,6 @@ SLOW_WITH_WORKERS = [
     "--set",
     "num_workers=2",
 ]
-
-
-def wait_for(pred, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def alive(procs: list[psutil.Process]) -> list[int]:

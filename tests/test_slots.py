@@ -15,7 +15,7 @@ import pytest
 
 from engine import slots
 from engine.runfolder import RunFolder, iter_runs, write_json_atomic
-from tests.conftest import ROOT, ZOO, cockpit
+from tests.conftest import ROOT, ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"
 
@@ -64,16 +64,6 @@ class Waiter(threading.Thread):
 
     def place(self) -> str:
         return self.places[-1]["queue"] if self.places else ""
-
-
-def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 @pytest.fixture
