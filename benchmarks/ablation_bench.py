@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cockpit import launch  # noqa: E402
-from engine import slots  # noqa: E402
-from engine.runfolder import RunFolder, iter_runs  # noqa: E402
+from engine.torchfree import slots  # noqa: E402
+from engine.torchfree.runfolder import RunFolder, iter_runs  # noqa: E402
 
 QUICK = ROOT / "presets" / "quickstart.yaml"
 BLOBS = ROOT / "tests" / "zoo" / "blobs.yaml"

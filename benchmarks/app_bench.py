@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from cockpit.app.history import RunHistory, SmoothedSeries, StageHistory  # noqa: E402
 from cockpit.app.settings import ViewSettings  # noqa: E402
 from cockpit.app.widgets.curves import buckets_for, loss_figure  # noqa: E402
-from engine.runfolder import JsonlAppender, RunFolder, StepsAppender, write_json_atomic  # noqa: E402
+from engine.torchfree.runfolder import JsonlAppender, RunFolder, StepsAppender, write_json_atomic  # noqa: E402
 
 PLOT_W, PLOT_H = 120, 30
 

@@ -34,7 +34,7 @@ timeout 120 $PY -m cockpit run presets/quickstart.yaml --workspace "$WS"
 R=$(ls -td "$WS"/*/ | head -1)
 $PY - "$R" <<'PYEOF'
 import sys
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 f = RunFolder(sys.argv[1])
 s = f.summary()
 rows = [r for r in f.telemetry() if r.get("gpu")]

@@ -40,7 +40,7 @@ py() { local t=$1; shift; timeout "$t" "$PY" - "$@"; }  # py SECONDS ARGS... < s
 # ---- nvml
 out=$(py 60 "$WS" <<'EOF'
 import sys
-from engine import slots
+from engine.torchfree import slots
 print(slots.gpu_indices(), "|", slots.describe_slots(sys.argv[1]))
 EOF
 )
@@ -51,7 +51,7 @@ EOF
 FOREIGN=$!
 out=$(py 60 "$WS" <<'EOF'
 import sys, time
-from engine import slots
+from engine.torchfree import slots
 for _ in range(200):
     views = slots.slot_views(sys.argv[1])
     if views and views[0].foreign:
@@ -66,7 +66,7 @@ ck 120 run "$Q" --stages train --set train.steps=300 > /dev/null
 R=$(newest)
 out2=$(py 60 "$R" <<'EOF'
 import json, sys
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 f = RunFolder(sys.argv[1]); s = f.summary()
 gpu_rows = [r for r in f.telemetry() if isinstance(r.get("gpu"), dict) and r["gpu"].get("util") is not None]
 ok = (s["status"] == "passed" and s["gpus"] == [0] and s["device"].startswith("cuda")
@@ -83,7 +83,7 @@ sleep 0.2
 ck 60 run "$Q" --stages train --set train.steps=100 --detach > /dev/null; B=$(newest)
 out=$(py 150 "$A" "$B" <<'EOF'
 import sys, time
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 a, b = RunFolder(sys.argv[1]), RunFolder(sys.argv[2])
 seen = ""
 while b.summary().get("status") in ("queued", None) or not b.summary().get("started"):
@@ -108,7 +108,7 @@ kill_check() {  # kill_check NAME [--set ...]
 import subprocess, sys, time
 import pynvml
 from cockpit import launch
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 f = RunFolder(sys.argv[1])
 while len(f.steps()) < 200:
     time.sleep(0.1)
@@ -144,7 +144,7 @@ COCKPIT_FAKE_GPUS=2 ck 240 run "$Q" --set gpus=2 --stages multi_gpu,train \
 D=$(newest)
 out=$(py 60 "$D" <<'EOF'
 import sys
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 f = RunFolder(sys.argv[1]); s = f.summary()
 st = {x["name"]: x for x in s["stages"]}
 mg, tr = st.get("multi_gpu", {}), st.get("train", {})
@@ -164,7 +164,7 @@ ck 120 fork "$(basename "$D")" --warm --set gpus=1 --set train.steps=100 > /dev/
 F=$(newest)
 out=$(py 60 "$F" <<'EOF'
 import sys
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 f = RunFolder(sys.argv[1]); s = f.summary()
 checks = s["stages"][0]["checks"] if s.get("stages") else []
 steps = list(f.steps()["step"])

@@ -8,7 +8,7 @@ list, all from the same resolved preset; waits and prints overrides against fina
 - The runs share a ``group`` id (run.json and summary.json): the app's Compare view and the
   pruning rule find a group's runs by it.
 - ``--parallel N`` caps how many of the group run at once. The engines enforce the cap through
-  the device slots (engine/slots.py), so it holds after this command has exited (``--detach``).
+  the device slots (engine/torchfree/slots.py), so it holds after this command has exited (``--detach``).
   The default is one per free GPU — the slots alone do that — or 1 on a machine without GPUs.
 - Exit codes as ``cockpit run`` (Contract 2): 0 when every run passed, 1 when one failed, crashed
   or was killed — a run stopped by the pruning rule is a killed run too (the table says
@@ -29,10 +29,10 @@ from typing import Any
 
 from cockpit.cli import UsageError, parse_sets, parse_stages
 from cockpit.launch import create_run, start_engine, stop_many
-from engine.ladder import STAGES
-from engine.preset import SCHEMA, Preset, PresetError, apply_overrides, parse_value, validate
-from engine.runfolder import LIVE, RunFolder, resolve_workspace
-from engine.tasks import HIGHER_IS_BETTER
+from engine.torchfree.ladder import STAGES
+from engine.torchfree.preset import SCHEMA, Preset, PresetError, apply_overrides, parse_value, validate
+from engine.torchfree.runfolder import LIVE, RunFolder, resolve_workspace
+from engine.torchfree.tasks import HIGHER_IS_BETTER
 
 DEFAULT_STAGES = ["train"]
 _KEY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
@@ -97,8 +97,8 @@ def grid_points(grid: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
 
 def plan(args: argparse.Namespace) -> tuple[Preset, list[tuple[dict, Preset]], dict, list[str]]:
     """Everything checked before any run starts: (base, [(point, preset)], --set, stages)."""
-    from engine import preset as presets
-    from engine.pruning import settings_of
+    from engine.torchfree import preset as presets
+    from engine.torchfree.pruning import settings_of
 
     sets = parse_sets(args.sets)
     base = presets.load(args.preset, sets)
@@ -139,7 +139,7 @@ def _value_text(v: Any) -> str:
 def placement(runs: list[tuple[dict, Preset]], workspace: Path, parallel: int | None) -> int | None:
     """The group's cap (default: none with GPUs, the slots give one run per free GPU; else 1),
     after checking that every run fits this machine at all."""
-    from engine import slots
+    from engine.torchfree import slots
 
     try:
         gpus = slots.gpu_indices()
@@ -153,7 +153,7 @@ def placement(runs: list[tuple[dict, Preset]], workspace: Path, parallel: int | 
 
 
 def run_ablation(args: argparse.Namespace) -> int:
-    from engine.runfolder import new_run_id
+    from engine.torchfree.runfolder import new_run_id
 
     base, runs, sets, stages = plan(args)
     workspace = resolve_workspace(args.workspace)

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from engine.preset import PresetError
+from engine.torchfree.preset import PresetError
 
 EPILOG = """commands:
   cockpit                          the terminal app on the workspace
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_sets(sets: list[str]) -> dict:
-    from engine.preset import parse_override
+    from engine.torchfree.preset import parse_override
 
     return dict(parse_override(s) for s in sets)
 
@@ -134,7 +134,7 @@ def parse_sets(sets: list[str]) -> dict:
 def parse_stages(text: str | None) -> list[str] | None:
     if not text:
         return None
-    from engine.preset import check_stage_names
+    from engine.torchfree.preset import check_stage_names
 
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
@@ -144,8 +144,8 @@ def parse_stages(text: str | None) -> list[str] | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from cockpit.launch import create_run, start_engine
-    from engine import preset as presets
-    from engine.runfolder import resolve_workspace
+    from engine.torchfree import preset as presets
+    from engine.torchfree.runfolder import resolve_workspace
 
     overrides = parse_sets(args.sets)
     preset = presets.load(args.preset, overrides)
@@ -228,7 +228,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from cockpit.app.formatting import age
-    from engine.runfolder import iter_runs, resolve_workspace
+    from engine.torchfree.runfolder import iter_runs, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
     snaps = [r.snapshot() for r in iter_runs(ws)]
@@ -258,7 +258,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    from engine import slots
+    from engine.torchfree import slots
 
     try:
         devices = slots.describe_slots(ws)
@@ -271,7 +271,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_kill(args: argparse.Namespace) -> int:
     from cockpit.launch import stop_many
-    from engine.runfolder import find_run, resolve_workspace
+    from engine.torchfree.runfolder import find_run, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
     folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
@@ -288,7 +288,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 def cmd_fork(args: argparse.Namespace) -> int:
     from cockpit.fork import fork_run
-    from engine.runfolder import find_run, resolve_workspace
+    from engine.torchfree.runfolder import find_run, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
     parent = find_run(ws, args.run)

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TextIO
 
-from engine.runfolder import JsonlTail, RunFolder, StepsTail
+from engine.torchfree.runfolder import JsonlTail, RunFolder, StepsTail
 
 MARK = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "·"}
 COLOR = {

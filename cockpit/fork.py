@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from cockpit.launch import create_run, start_engine
-from engine.preset import Preset, apply_overrides, loads, validate
-from engine.runfolder import RunFolder
+from engine.torchfree.preset import Preset, apply_overrides, loads, validate
+from engine.torchfree.runfolder import RunFolder
 
 
 def parent_preset(parent: RunFolder) -> Preset:

@@ -23,9 +23,9 @@ from typing import Any
 
 import psutil
 
-from engine import slots
-from engine.preset import Preset
-from engine.runfolder import LIVE, JsonlTail, RunFolder, new_run_id, write_json_atomic
+from engine.torchfree import slots
+from engine.torchfree.preset import Preset
+from engine.torchfree.runfolder import LIVE, JsonlTail, RunFolder, new_run_id, write_json_atomic
 
 GRACE_S = 8.0  # SIGTERM, then SIGKILL: with the reaping after it, a kill stays under 10 s
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from engine.runfolder import RunFolder, write_json_atomic
+from engine.torchfree.runfolder import RunFolder, write_json_atomic
 
 KEEP = 3  # step checkpoints kept besides the newest
 

@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine import targets
-from engine.preset import Preset
-from engine.runfolder import RunFolder, StepsAppender
-from engine.tasks import DEFAULT_LOSS
+from engine.torchfree.preset import Preset
+from engine.torchfree.runfolder import RunFolder, StepsAppender
+from engine.torchfree.tasks import DEFAULT_LOSS
 
 
 class Stopped(Exception):
@@ -227,7 +227,7 @@ class RunContext:
     def log_eval(self, step: int, metrics: dict[str, float]) -> None:
         import time
 
-        from engine.runfolder import JsonlAppender, clean_number
+        from engine.torchfree.runfolder import JsonlAppender, clean_number
 
         if self._evals_out is None:
             self._evals_out = JsonlAppender(self.folder.file("evals.jsonl"))

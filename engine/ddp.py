@@ -56,8 +56,8 @@ from engine import checkpoint
 from engine.context import RunContext, Stopped, resolve_device
 from engine.loop import EpochIterator, LoopResult, Readback, Row, move
 from engine.metrics import evaluate
-from engine.preset import Preset, loads, validate
-from engine.runfolder import (
+from engine.torchfree.preset import Preset, loads, validate
+from engine.torchfree.runfolder import (
     JsonlAppender,
     RunFolder,
     StepsTail,
@@ -127,7 +127,7 @@ def run_stage(ctx: RunContext, stage: str) -> dict:
     A stop request (signal or pruner) is passed on to the ranks; they stop together and this
     raises Stopped. While the ranks train, rank 0's step rows feed this process's wait meter,
     so telemetry keeps its data-wait share."""
-    from engine import slots
+    from engine.torchfree import slots
 
     folder = ctx.folder
     out = result_path(folder, stage)
@@ -612,8 +612,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    from engine import pruning
-    from engine.ladder import stage_settings
+    from engine.torchfree import pruning
+    from engine.torchfree.ladder import stage_settings
 
     try:
         preset = load_preset(folder, request)

@@ -23,9 +23,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from engine.ladder import STAGES, stage_settings
-from engine.preset import Preset, PresetError, loads, override_origin, validate
-from engine.runfolder import JsonlAppender, RunFolder
+from engine.torchfree.ladder import STAGES, stage_settings
+from engine.torchfree.preset import Preset, PresetError, loads, override_origin, validate
+from engine.torchfree.runfolder import JsonlAppender, RunFolder
 
 
 def log(msg: str) -> None:
@@ -72,7 +72,7 @@ class Runner:
         return code
 
     def _run(self) -> int:
-        from engine import slots
+        from engine.torchfree import slots
 
         try:
             self.lease = slots.acquire(
@@ -161,7 +161,7 @@ class Runner:
             return self.finish("failed", msg)
         self.ctx = ctx
         ctx.stop_requested = self.stop_requested
-        from engine import pruning
+        from engine.torchfree import pruning
 
         pruning.attach(ctx, self.request)
         self.folder.write_steps_header()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.preset import Preset, PresetError
+from engine.torchfree.preset import Preset, PresetError
 
 
 def add_import_path(folder: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from engine.runfolder import JsonlAppender
+from engine.torchfree.runfolder import JsonlAppender
 
 
 class Nvml:

@@ -58,7 +58,7 @@ def run_inprocess(
     import signal
 
     from cockpit.launch import create_run
-    from engine import preset as presets
+    from engine.torchfree import preset as presets
     from engine.runner import Runner
 
     preset = presets.load(preset_path, overrides)

@@ -14,7 +14,7 @@ import pytest
 
 from cockpit.ablate import best_row, format_table, grid_points, parse_grid, split_values
 from cockpit.cli import UsageError
-from engine.runfolder import RunFolder, iter_runs
+from engine.torchfree.runfolder import RunFolder, iter_runs
 from tests.conftest import ROOT, ZOO, cockpit
 
 BLOBS = ZOO / "blobs.yaml"
@@ -284,7 +284,7 @@ def test_parse_grid_raises_usage_errors():
 
 def test_ablate_and_the_scheduler_stay_torch_free():
     code = (
-        "import sys; import cockpit.ablate, engine.slots, engine.pruning; "
+        "import sys; import cockpit.ablate, engine.torchfree.slots, engine.torchfree.pruning; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

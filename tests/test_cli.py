@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.runfolder import RunFolder, iter_runs
+from engine.torchfree.runfolder import RunFolder, iter_runs
 from tests.conftest import PRESETS, ROOT, ZOO, cockpit, wait_for
 
 QUICK = PRESETS / "quickstart.yaml"
@@ -250,7 +250,7 @@ def test_engine_killed_hard_reads_as_error(workspace):
 def test_cockpit_side_never_imports_torch():
     code = (
         "import sys; import cockpit.cli, cockpit.launch, cockpit.console, cockpit.fork, "
-        "engine.preset, engine.runfolder, engine.ladder, engine.slots; "
+        "engine.torchfree.preset, engine.torchfree.runfolder, engine.torchfree.ladder, engine.torchfree.slots; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

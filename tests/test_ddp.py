@@ -12,7 +12,7 @@ import torch
 
 from cockpit import launch
 from engine import checkpoint
-from engine.runfolder import JsonlTail, RunFolder, iter_runs
+from engine.torchfree.runfolder import JsonlTail, RunFolder, iter_runs
 from tests.conftest import ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from engine.runfolder import iter_runs
+from engine.torchfree.runfolder import iter_runs
 from tests.conftest import ZOO, cockpit
 
 BLOBS = ZOO / "blobs.yaml"

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from cockpit import launch
-from engine.runfolder import JsonlAppender, RunFolder, iter_runs, write_json_atomic
+from engine.torchfree.runfolder import JsonlAppender, RunFolder, iter_runs, write_json_atomic
 from tests.conftest import ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import preset as presets
-from engine.preset import PresetError, parse_override, parse_value
+from engine.torchfree import preset as presets
+from engine.torchfree.preset import PresetError, parse_override, parse_value
 
 GOOD = """\
 name: t

@@ -1,4 +1,4 @@
-"""The median pruning rule (engine/pruning.py): who is compared with whom, at which step, and
+"""The median pruning rule (engine/torchfree/pruning.py): who is compared with whom, at which step, and
 what a pruned run records — also for a run trained under DDP, where rank 0 decides."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from cockpit.launch import create_run, start_engine
-from engine import preset as presets
-from engine.preset import PresetError, PruneSettings
-from engine.pruning import Decision, GroupPeers, MedianPruner, median_to_beat, settings_of
-from engine.runfolder import JsonlAppender, write_json_atomic
+from engine.torchfree import preset as presets
+from engine.torchfree.preset import PresetError, PruneSettings
+from engine.torchfree.pruning import Decision, GroupPeers, MedianPruner, median_to_beat, settings_of
+from engine.torchfree.runfolder import JsonlAppender, write_json_atomic
 from tests.conftest import ZOO
 
 

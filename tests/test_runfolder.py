@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from engine.runfolder import (
+from engine.torchfree.runfolder import (
     RECORD_SIZE,
     STEP_COLUMNS,
     JsonlAppender,

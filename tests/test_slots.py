@@ -1,4 +1,4 @@
-"""Device slots and the queue (engine/slots.py): placement, FIFO order with places, group caps,
+"""Device slots and the queue (engine/torchfree/slots.py): placement, FIFO order with places, group caps,
 CPU slot settings, foreign GPU processes, no stale leases — and, end to end, a queued run that
 starts once a slot frees although the command that launched it has long exited."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import slots
-from engine.runfolder import RunFolder, iter_runs, write_json_atomic
+from engine.torchfree import slots
+from engine.torchfree.runfolder import RunFolder, iter_runs, write_json_atomic
 from tests.conftest import ROOT, ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"
@@ -129,8 +129,8 @@ def test_a_waiter_told_to_stop_leaves_the_queue(workspace, monkeypatch):
 
 HOLD = """
 import sys, time
-from engine import slots
-from engine.runfolder import RunFolder
+from engine.torchfree import slots
+from engine.torchfree.runfolder import RunFolder
 f = RunFolder(sys.argv[1])
 lease = slots.acquire(f, f.request(), lambda: False, lambda place: print(place["queue"], flush=True), poll=0.02)
 print("holding", flush=True)

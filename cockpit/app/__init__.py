@@ -3,7 +3,7 @@
 
 def run_app(workspace: str | None) -> int:
     from cockpit.app.main import CockpitApp
-    from engine.runfolder import resolve_workspace
+    from engine.torchfree.runfolder import resolve_workspace
 
     app = CockpitApp(resolve_workspace(workspace))
     app.run()

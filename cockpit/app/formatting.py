@@ -6,7 +6,7 @@ import math
 
 from rich.text import Text
 
-from engine.runfolder import RunSnapshot
+from engine.torchfree.runfolder import RunSnapshot
 
 STATUS_LOOK: dict[str, tuple[str, str]] = {
     "running": ("●", "bold #4ec9b0"),

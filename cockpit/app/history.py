@@ -22,7 +22,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from cockpit.app.envelope import Envelope
-from engine.runfolder import JsonlTail, RunFolder, StepColumns, StepsTail
+from engine.torchfree.runfolder import JsonlTail, RunFolder, StepColumns, StepsTail
 
 EVAL_SKIP = ("step", "time", "stage", "val_loss", "val_loss_se")
 """Keys of an evals.jsonl row that are not full-val metrics to draw."""

@@ -36,8 +36,8 @@ from cockpit.app.settings import ViewSettings
 from cockpit.app.watcher import WorkspaceWatcher
 from cockpit.fork import fork_run
 from cockpit.launch import create_run, start_engine, stop
-from engine.preset import PresetError
-from engine.runfolder import LIVE, RunFolder
+from engine.torchfree.preset import PresetError
+from engine.torchfree.runfolder import LIVE, RunFolder
 
 IDLE_HISTORIES = 4
 """Histories kept in memory after their view closed, so going back to a run is instant."""

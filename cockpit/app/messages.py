@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from engine.runfolder import RunSnapshot
+from engine.torchfree.runfolder import RunSnapshot
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.preset import PresetError, check_stage_names, parse_override
-from engine.runfolder import iter_runs
+from engine.torchfree.preset import PresetError, check_stage_names, parse_override
+from engine.torchfree.runfolder import iter_runs
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from textual.message import Message
 from cockpit.app.history import RunHistory
 from cockpit.app.messages import HistoryUpdated, RunState, RunsUpdated
 from cockpit.launch import engine_process
-from engine.runfolder import FINAL, LIVE, JsonlTail, RunFolder
+from engine.torchfree.runfolder import FINAL, LIVE, JsonlTail, RunFolder
 
 WINDOW_S = 600.0
 """How far back the data-wait series reach (the GPU panel's time axis)."""

@@ -1,1 +1,1 @@
-"""One module per stage of the ladder; the registry and settings are in engine.ladder."""
+"""One module per stage of the ladder; the registry and settings are in engine.torchfree.ladder."""

@@ -12,7 +12,7 @@ from engine.loop import train_loop
 from engine.metrics import baseline, collect_targets, evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
 from engine.stages.common import fixed_batch, head_mean, nonfinite_reason, reader_kwargs, tail_mean
-from engine.tasks import HIGHER_IS_BETTER, MAIN_METRIC
+from engine.torchfree.tasks import HIGHER_IS_BETTER, MAIN_METRIC
 
 
 class GeneralizeStage(Stage):

@@ -12,7 +12,7 @@ from engine.loop import LoopResult, train_loop
 from engine.metrics import evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt
 from engine.stages.common import head_mean, nonfinite_reason, tail_mean
-from engine.tasks import MAIN_METRIC
+from engine.torchfree.tasks import MAIN_METRIC
 
 
 class TrainStage(Stage):

@@ -18,8 +18,8 @@ from cockpit.app.presets import discover_presets, parse_overrides, parse_stages
 from cockpit.app.settings import SMOOTHING_STEPS, ViewSettings
 from cockpit.app.verdict import bottleneck, mean_since
 from cockpit.app.watcher import WorkspaceWatcher
-from engine.preset import PresetError
-from engine.runfolder import JsonlAppender, RunFolder, StepsAppender
+from engine.torchfree.preset import PresetError
+from engine.torchfree.runfolder import JsonlAppender, RunFolder, StepsAppender
 from tests.app.workspaces import T0, RunSpec, loss_rows, write_run
 
 # ---- the envelope ------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_lineage_puts_forks_under_their_parents(lab):
 
 def test_tree_prefixes_for_siblings_and_grandchildren():
     def state(run_id, parent=None, created=0.0):
-        from engine.runfolder import RunSnapshot
+        from engine.torchfree.runfolder import RunSnapshot
 
         return RunState(
             RunSnapshot(run_id, None, "p", "passed", parent=parent, created=created), None
@@ -305,7 +305,7 @@ def test_presets_are_found_in_presets_folders_and_in_runs(tmp_path, monkeypatch)
     folder = write_run(workspace, RunSpec("r-9"))
     request = folder.request()
     request["preset_path"] = str(elsewhere)
-    from engine.runfolder import write_json_atomic
+    from engine.torchfree.runfolder import write_json_atomic
 
     write_json_atomic(folder.file("run.json"), request)
     found = discover_presets(workspace, cwd=tmp_path)

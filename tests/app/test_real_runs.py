@@ -20,7 +20,7 @@ from cockpit.app.screens.run import RunScreen
 from cockpit.app.widgets.curves import CurvesView, MetricPlot
 from cockpit.app.widgets.runs_table import RunsTable
 from cockpit.launch import engine_process
-from engine.runfolder import FINAL, RunFolder, iter_runs
+from engine.torchfree.runfolder import FINAL, RunFolder, iter_runs
 from tests.app.conftest import histories_loaded, make_app, wait_until
 from tests.conftest import ZOO, cockpit
 

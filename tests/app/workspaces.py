@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from engine.runfolder import JsonlAppender, RunFolder, StepsAppender, write_json_atomic
+from engine.torchfree.runfolder import JsonlAppender, RunFolder, StepsAppender, write_json_atomic
 
 T0 = 1_900_000_000.0
 """The frozen 'now' of the fixture workspaces."""

@@ -21,7 +21,7 @@ from cockpit.app.widgets.curves import Figure, Line, buckets_for, series_line, s
 from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.plot import CachedPlot
 from cockpit.app.widgets.vim_table import VimTable
-from engine.tasks import HIGHER_IS_BETTER
+from engine.torchfree.tasks import HIGHER_IS_BETTER
 
 PALETTE = [
     (97, 175, 239),

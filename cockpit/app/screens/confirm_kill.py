@@ -10,7 +10,7 @@ from textual.widgets import Label, Static
 
 from cockpit.app import keys
 from cockpit.app.formatting import count, short_id
-from engine.runfolder import RunSnapshot
+from engine.torchfree.runfolder import RunSnapshot
 
 
 class ConfirmKill(ModalScreen[bool]):

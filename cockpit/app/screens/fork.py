@@ -17,8 +17,8 @@ from cockpit.app.formatting import count, overrides_text, short_id
 from cockpit.app.presets import parse_overrides, parse_stages
 from cockpit.app.screens.new_run import OVERRIDES_HINT
 from cockpit.fork import parent_preset
-from engine.preset import PresetError, apply_overrides, validate
-from engine.runfolder import RunFolder
+from engine.torchfree.preset import PresetError, apply_overrides, validate
+from engine.torchfree.runfolder import RunFolder
 
 
 @dataclass(frozen=True)

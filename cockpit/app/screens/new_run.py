@@ -17,7 +17,7 @@ from textual.widgets.option_list import Option
 from cockpit.app import keys
 from cockpit.app.presets import PresetChoice, parse_overrides, parse_stages
 from cockpit.app.widgets.vim_table import VimOptionList
-from engine.preset import Preset, PresetError, load
+from engine.torchfree.preset import Preset, PresetError, load
 
 OVERRIDES_HINT = "KEY=VALUE lines, VALUE in YAML"
 

@@ -20,7 +20,7 @@ from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.log_view import LogView
 from cockpit.app.widgets.preset_view import PresetView
 from cockpit.app.widgets.runs_table import queue_places
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 
 
 def header_text(state: RunState, runs: tuple[RunState, ...]) -> Text:

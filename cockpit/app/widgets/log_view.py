@@ -7,7 +7,7 @@ import os
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 
 FIRST_BYTES = 64_000
 """How much of the log's end is shown at first (older lines are in the file)."""

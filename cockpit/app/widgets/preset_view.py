@@ -9,7 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from cockpit.app.formatting import count, overrides_text
-from engine.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder
 
 
 def request_table(request: dict, summary: dict) -> Table:

@@ -17,7 +17,7 @@ from cockpit.app import formatting as fmt
 from cockpit.app.messages import RunState
 from cockpit.app.verdict import DATA_BOUND
 from cockpit.app.widgets.vim_table import VimTable
-from engine.tasks import HIGHER_IS_BETTER
+from engine.torchfree.tasks import HIGHER_IS_BETTER
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from engine.ladder import DEFAULT_LADDER, STAGES, settings_fields
-from engine.tasks import TASKS
+from engine.torchfree.ladder import DEFAULT_LADDER, STAGES, settings_fields
+from engine.torchfree.tasks import TASKS
 
 
 class PresetError(Exception):

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.preset import Preset, PruneSettings
-from engine.runfolder import JsonlTail, read_json
+from engine.torchfree.preset import Preset, PruneSettings
+from engine.torchfree.runfolder import JsonlTail, read_json
 
 # the metrics each task's full-val evaluation reports, and whether higher is better
 TASK_METRICS = {

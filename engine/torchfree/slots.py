@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from engine.runfolder import RunFolder, process_alive, read_json
+from engine.torchfree.runfolder import RunFolder, process_alive, read_json
 
 POLL_S = 0.25
 BOOT_S = 30.0  # a .new ticket whose engine has not recorded its pid by then is dropped
