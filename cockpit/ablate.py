@@ -30,7 +30,14 @@ from typing import Any
 from cockpit.cli import UsageError, parse_sets, parse_stages
 from cockpit.launch import create_run, start_engine, stop_many
 from engine.torchfree.ladder import STAGES
-from engine.torchfree.preset import SCHEMA, Preset, PresetError, apply_overrides, parse_value, validate
+from engine.torchfree.preset import (
+    SCHEMA,
+    Preset,
+    PresetError,
+    apply_overrides,
+    parse_value,
+    validate,
+)
 from engine.torchfree.runfolder import LIVE, RunFolder, resolve_workspace
 from engine.torchfree.tasks import HIGHER_IS_BETTER
 
@@ -108,7 +115,15 @@ def plan(args: argparse.Namespace) -> tuple[Preset, list[tuple[dict, Preset]], d
             f"--parallel {args.parallel}: give how many runs may go at once, 1 or more."
         )
     grid = parse_grid(args.grid)
-    points = grid_points(grid) if grid else [dict(a) for a in base.get("ablations") or []]
+    if getattr(args, "tricks", False):
+        if grid:
+            raise UsageError(
+                "--tricks and --grid do not mix: --tricks runs the preset's tricks: list against "
+                "its baseline; run a grid as its own ablation."
+            )
+        points = [point for _, point in trick_points(base, args.preset)]
+    else:
+        points = grid_points(grid) if grid else [dict(a) for a in base.get("ablations") or []]
     if not points:
         raise UsageError(
             f"nothing to ablate in {args.preset}: give --grid KEY=V1,V2,... or add an ablations: list "
@@ -156,9 +171,11 @@ def run_ablation(args: argparse.Namespace) -> int:
     from engine.torchfree.runfolder import new_run_id
 
     base, runs, sets, stages = plan(args)
+    tricks = getattr(args, "tricks", False)
+    names = [name for name, _ in trick_points(base, args.preset)] if tricks else []
     workspace = resolve_workspace(args.workspace)
     parallel = placement(runs, workspace, args.parallel)
-    group = new_run_id(f"{base.name}-ablate")
+    group = new_run_id(f"{base.name}-{'tricks' if tricks else 'ablate'}")
     folders = [
         create_run(
             workspace,
@@ -166,9 +183,13 @@ def run_ablation(args: argparse.Namespace) -> int:
             overrides={**sets, **point},
             stages=stages,
             group=group,
-            extra={"group_parallel": parallel, "ablation_point": point},
+            extra={
+                "group_parallel": parallel,
+                "ablation_point": point,
+                **({"trick": names[i]} if tricks else {}),
+            },
         )
-        for point, preset in runs
+        for i, (point, preset) in enumerate(runs)
     ]
     procs = [start_engine(f) for f in folders]
     cap = f"{parallel} at a time" if parallel else "one per free GPU"
@@ -185,7 +206,10 @@ def run_ablation(args: argparse.Namespace) -> int:
     interrupted = follow(folders, procs, [p for p, _ in runs])
     rows = group_rows(folders)
     print()
-    print(format_table(rows, keys=list(dict.fromkeys(k for p, _ in runs for k in p))))
+    if tricks:
+        print(format_tricks_table(trick_rows(folders)))
+    else:
+        print(format_table(rows, keys=list(dict.fromkeys(k for p, _ in runs for k in p))))
     failed = [r for r in rows if is_failure(r)]
     return 1 if interrupted or failed else 0
 
@@ -315,3 +339,161 @@ def format_table(rows: list[dict], keys: list[str]) -> str:
         if r["status"] not in ("passed",) and r["reason"]
     ]
     return "\n".join(out + notes)
+
+
+# ---------------------------------------------------------------- --tricks
+
+BASELINE = "baseline"
+BINOMIAL = ("accuracy", "pixel_acc", "miou", "macro_f1")
+"""Fractions of the val set: their noise is the binomial standard error sqrt(p(1-p)/n)."""
+
+
+def trick_points(base: Preset, source: str) -> list[tuple[str, dict]]:
+    """[("baseline", {}), (trick, overrides), ...] from the preset's ``tricks:`` mapping.
+
+    The baseline is the preset as it passed the ladder (tricks off); each trick switches one
+    back on. A prune rule is switched off for the group: every trick must run its whole budget
+    to be compared (the override shows in every run's overrides)."""
+    tricks = base.get("tricks") or {}
+    if not tricks:
+        raise UsageError(
+            f"{source} declares no tricks: add a tricks: mapping of names to overrides, e.g. "
+            "tricks: {dropout: {model.dropout: 0.2}, weight_decay: {optimizer.weight_decay: 0.01}} "
+            "(see docs/recipe.md)."
+        )
+    if BASELINE in tricks:
+        raise PresetError(
+            f"{base.where('tricks.' + BASELINE)}: '{BASELINE}' is the name of the run without "
+            "tricks; give the trick another name."
+        )
+    off = {}
+    if (base.get("prune") or {}).get("rule", "none") != "none":
+        off = {"prune.rule": "none"}
+    return [(BASELINE, dict(off))] + [(str(n), {**off, **dict(v)}) for n, v in tricks.items()]
+
+
+def noise_se(metric: str, value: float, n_val: int | None, val_loss_se: float | None) -> float:
+    """One standard error of a run's final val ``metric``: binomial for fractions of the val
+    set (n = its samples; for pixel metrics the images, since a shape's pixels move together),
+    the spread over val batches for the val loss; nan when unknown."""
+    if metric in BINOMIAL and n_val and math.isfinite(value) and 0 <= value <= 1:
+        return math.sqrt(max(value * (1 - value), 1.0 / n_val) / n_val)
+    if metric == "val_loss" and val_loss_se is not None and math.isfinite(val_loss_se):
+        return float(val_loss_se)
+    return math.nan
+
+
+def band_metric(task_metric: str | None) -> str:
+    """The metric tricks are ranked on: the task's main one when its noise is known, else the
+    val loss (regression's MAE has no standard error in the run folder; the val loss has)."""
+    return task_metric if task_metric in BINOMIAL else "val_loss"
+
+
+def compare_to_baseline(
+    base: tuple[float, float], other: tuple[float, float], metric: str, z: float = 2.0
+) -> tuple[float, float, str]:
+    """(difference, noise band, verdict) of (value, se) pairs: the band is ``z`` standard errors
+    of the difference (the two runs' errors added in quadrature); inside it, 'within noise'."""
+    diff = other[0] - base[0]
+    band = z * math.hypot(base[1], other[1])
+    if not (math.isfinite(diff) and math.isfinite(band)):
+        return diff, band, "?"
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    if abs(diff) <= band:
+        return diff, band, "within noise"
+    return diff, band, "better" if (diff > 0) == higher else "worse"
+
+
+def band_text(diff: float, band: float, metric: str) -> str:
+    """'+0.4% ± 0.6%' for fractions (percentage points), '-0.0123 ± 0.0200' otherwise."""
+    if not math.isfinite(diff):
+        return "-"
+    if metric in BINOMIAL:
+        text = f"{100 * diff:+.1f}%"
+        return text + (f" ± {100 * band:.1f}%" if math.isfinite(band) else "")
+    text = f"{diff:+.3g}"
+    return text + (f" ± {band:.2g}" if math.isfinite(band) else "")
+
+
+def trick_rows(folders: list[RunFolder]) -> list[dict]:
+    """group_rows plus, per run, its trick, the ranking metric with its standard error, and the
+    difference to the baseline with its noise band."""
+    rows = group_rows(folders)
+    for row, folder in zip(rows, folders):
+        summary = folder.summary()
+        last = folder.last_eval() or {}
+        row["trick"] = folder.request().get("trick") or "?"
+        row["band_metric"] = band_metric(row["metric_name"] or None)
+        value = last.get(row["band_metric"])
+        row["value"] = float(value) if isinstance(value, (int, float)) else math.nan
+        row["se"] = noise_se(
+            row["band_metric"], row["value"], summary.get("val_size"), last.get("val_loss_se")
+        )
+    base = next((r for r in rows if r["trick"] == BASELINE), None)
+    for row in rows:
+        if base is None or row is base:
+            row["diff"], row["band"], row["verdict"] = math.nan, math.nan, ""
+            continue
+        row["diff"], row["band"], row["verdict"] = compare_to_baseline(
+            (base["value"], base["se"]), (row["value"], row["se"]), row["band_metric"]
+        )
+    return rows
+
+
+def rank_tricks(rows: list[dict]) -> list[dict]:
+    """The baseline first, then the tricks best first; runs without a number last."""
+    base = [r for r in rows if r["trick"] == BASELINE]
+    rest = [r for r in rows if r["trick"] != BASELINE]
+    metric = rows[0]["band_metric"] if rows else "val_loss"
+    sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
+    rest.sort(key=lambda r: -sign * r["diff"] if math.isfinite(r["diff"]) else math.inf)
+    return base + rest
+
+
+def format_tricks_table(rows: list[dict]) -> str:
+    """The baseline and one row per trick: its val metric, the difference to the baseline with
+    the noise band (2 standard errors), and whether that difference is more than noise."""
+    rows = rank_tricks(rows)
+    metric = rows[0]["band_metric"] if rows else "val_loss"
+    header = ["TRICK", "RUN", "STATUS", "STEP", "VAL LOSS", metric.upper(), "VS BASELINE", ""]
+    table = [header]
+    for r in rows:
+        value = r["value"]
+        shown = (
+            f"{100 * value:.1f}%" if metric in BINOMIAL and math.isfinite(value) else _num(value)
+        )
+        table.append(
+            [
+                r["trick"],
+                r["run_id"],
+                "pruned" if r["pruned"] else r["status"],
+                str(r["step"] or "-"),
+                _num(r["val_loss"]),
+                shown,
+                "(reference)"
+                if r["trick"] == BASELINE
+                else band_text(r["diff"], r["band"], metric),
+                r["verdict"],
+            ]
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    base = next((r for r in rows if r["trick"] == BASELINE), None)
+    n = None
+    if base is not None and math.isfinite(base["se"]) and metric in BINOMIAL:
+        n = round(base["value"] * (1 - base["value"]) / base["se"] ** 2) if base["se"] else None
+    how = (
+        f"binomial standard error of {metric} on {n} val samples"
+        if n
+        else f"standard error of {metric}"
+    )
+    out.append(
+        f"  ± is the noise band: 2 standard errors of the difference ({how}, both runs); "
+        "a difference inside it is no evidence either way — run more seeds or a larger val set."
+    )
+    out += [
+        f"  {r['trick']} ({r['run_id']}): {r['reason']}"
+        for r in rows
+        if r["status"] not in ("passed",) and r["reason"]
+    ]
+    return "\n".join(out)

@@ -19,6 +19,7 @@ EPILOG = """commands:
   cockpit kill RUN...              stop runs and every process they started
   cockpit fork RUN --set K=V       a child run from RUN's resolved preset (--warm: from its checkpoint)
   cockpit ablate PRESET --grid K=V1,V2   one run per grid point, N at a time
+  cockpit ablate PRESET --tricks       the baseline plus one run per trick switched back on
 
 workspace: --workspace DIR, else $COCKPIT_WORKSPACE, else ./runs
 exit codes: 0 no stage failed · 1 a stage failed, the run died or was killed · 2 bad preset or arguments"""
@@ -93,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="runs at a time (default: one per free GPU, else 1)",
+    )
+    ab.add_argument(
+        "--tricks",
+        action="store_true",
+        help="the baseline plus one run per trick of the preset's tricks: (dropout, batchnorm, ...)",
     )
     ab.add_argument("--detach", action="store_true", help="queue the runs and return")
     return p

@@ -22,9 +22,30 @@ def digits(val_fraction: float = 0.2, seed: int = 0):
 
 
 class MLP(nn.Module):
-    def __init__(self, in_dim: int = 64, hidden: int = 128, classes: int = 10):
+    """Tricks default to off (``cockpit ablate --tricks``): ``dropout`` and ``batchnorm`` after
+    the hidden layer, ``depth`` hidden layers."""
+
+    def __init__(
+        self,
+        in_dim: int = 64,
+        hidden: int = 128,
+        classes: int = 10,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+        depth: int = 1,
+    ):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(depth):
+            layers.append(nn.Linear(d, hidden))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(d, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

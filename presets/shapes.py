@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 SHAPES = ("circle", "square", "triangle", "plus", "ring")
 
@@ -50,31 +50,44 @@ def draw(n: int, size: int = 24, seed: int = 0, noise: float = 0.15):
     return images[:, None].float(), kind, labels.long(), geometry.float()
 
 
-def classification(n_train: int = 2000, n_val: int = 500, size: int = 24, seed: int = 0):
-    """(train, val) of (image, shape id)."""
+def classification(
+    n_train: int = 2000, n_val: int = 500, size: int = 24, seed: int = 0, augment: bool = False
+):
+    """(train, val) of (image, shape id); ``augment`` augments the train set only."""
     xt, yt, _, _ = draw(n_train, size, seed)
     xv, yv, _, _ = draw(n_val, size, seed + 10_000)
-    return TensorDataset(xt, yt), TensorDataset(xv, yv)
+    return _train(TensorDataset(xt, yt), "classification", augment), TensorDataset(xv, yv)
 
 
-def segmentation(n_train: int = 1000, n_val: int = 250, size: int = 24, seed: int = 0):
+def segmentation(
+    n_train: int = 1000, n_val: int = 250, size: int = 24, seed: int = 0, augment: bool = False
+):
     """(train, val) of (image, mask): 0 background, 1..5 the shape's class."""
     xt, _, mt, _ = draw(n_train, size, seed)
     xv, _, mv, _ = draw(n_val, size, seed + 10_000)
-    return TensorDataset(xt, mt), TensorDataset(xv, mv)
+    return _train(TensorDataset(xt, mt), "segmentation", augment), TensorDataset(xv, mv)
 
 
-def regression(n_train: int = 2000, n_val: int = 500, size: int = 24, seed: int = 0):
+def regression(
+    n_train: int = 2000, n_val: int = 500, size: int = 24, seed: int = 0, augment: bool = False
+):
     """(train, val) of (image, [centre x, centre y, radius] / size)."""
     xt, _, _, gt = draw(n_train, size, seed)
     xv, _, _, gv = draw(n_val, size, seed + 10_000)
-    return TensorDataset(xt, gt), TensorDataset(xv, gv)
+    return _train(TensorDataset(xt, gt), "regression", augment), TensorDataset(xv, gv)
+
+
+def _train(ds: TensorDataset, task: str, augment: bool) -> Dataset:
+    return Augmented(ds, task) if augment else ds
 
 
 class SmallCNN(nn.Module):
     """Three conv blocks and a linear head: about 24k parameters at width 16.
 
-    ``head_bias`` sets the last layer's initial bias (e.g. the regression targets' mean)."""
+    ``head_bias`` sets the last layer's initial bias (e.g. the regression targets' mean).
+    The recipe's tricks are knobs that default to off, for ``cockpit ablate --tricks``:
+    ``dropout`` (before the head), ``batchnorm`` (after every conv), ``width`` and ``blocks``
+    (more conv blocks at the last width: a deeper model)."""
 
     def __init__(
         self,
@@ -82,22 +95,29 @@ class SmallCNN(nn.Module):
         outputs: int = len(SHAPES),
         width: int = 16,
         head_bias: list[float] | None = None,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+        blocks: int = 3,
     ):
         super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(4 * w, outputs)
+        if blocks < 1:
+            raise ValueError(f"SmallCNN: blocks must be 1 or more, got {blocks}")
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i in range(blocks):
+            c_out = width * 2 ** min(i, 2)
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU())
+            if i < 2 and i < blocks - 1:
+                layers.append(nn.MaxPool2d(2))
+            c_in = c_out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, outputs)
         if head_bias is not None:  # "init well": start regression outputs at the targets' mean
             with torch.no_grad():
                 self.head.bias.copy_(torch.tensor(head_bias, dtype=torch.float32))
@@ -107,29 +127,67 @@ class SmallCNN(nn.Module):
 
 
 class SegNet(nn.Module):
-    """A small encoder-decoder: (B, 1, H, W) -> (B, classes, H, W) logits."""
+    """A small encoder-decoder: (B, 1, H, W) -> (B, classes, H, W) logits.
 
-    def __init__(self, in_channels: int = 1, classes: int = len(SHAPES) + 1, width: int = 16):
+    Tricks default to off: ``batchnorm`` after every conv, ``dropout`` (2-d, channel-wise)
+    before the classifier."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        classes: int = len(SHAPES) + 1,
+        width: int = 16,
+        dropout: float = 0.0,
+        batchnorm: bool = False,
+    ):
         super().__init__()
         w = width
-        self.enc = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(w, w, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.down = nn.Sequential(
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-        )
+
+        def conv(c_in: int, c_out: int) -> list[nn.Module]:
+            bn = [nn.BatchNorm2d(c_out)] if batchnorm else []
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), *bn, nn.ReLU()]
+
+        self.enc = nn.Sequential(*conv(in_channels, w), *conv(w, w))
+        self.down = nn.Sequential(nn.MaxPool2d(2), *conv(w, 2 * w), *conv(2 * w, 2 * w))
         self.up = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-        self.out = nn.Sequential(
-            nn.Conv2d(2 * w, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, classes, 1)
-        )
+        drop = [nn.Dropout2d(dropout)] if dropout > 0 else []
+        self.out = nn.Sequential(*conv(2 * w, w), *drop, nn.Conv2d(w, classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.enc(x)
         return self.out(torch.cat([skip, self.up(self.down(skip))], dim=1))
+
+
+class Augmented(Dataset):
+    """Train-only augmentation (never wrap a val set): a random horizontal flip, a shift of up
+    to ``shift`` pixels and a brightness change, applied alike to the image and, for
+    segmentation, to its mask. Regression targets (centre, size) get the brightness change only,
+    so they stay true."""
+
+    def __init__(self, base: TensorDataset, task: str, shift: int = 2, brightness: float = 0.2):
+        self.base, self.task, self.shift, self.brightness = base, task, shift, brightness
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def targets(self) -> torch.Tensor:  # read without drawing (the init stage's class counts)
+        return self.base.tensors[1]
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        x = x * (1 + self.brightness * (2 * torch.rand(()) - 1))
+        if self.task == "regression":
+            return x, y
+        flip = bool(torch.rand(()) < 0.5)
+        dy, dx = torch.randint(-self.shift, self.shift + 1, (2,)).tolist()
+        x = _move(x, flip, dy, dx)
+        if self.task == "segmentation":
+            y = _move(y[None], flip, dy, dx)[0]
+        return x, y
+
+
+def _move(t: torch.Tensor, flip: bool, dy: int, dx: int) -> torch.Tensor:
+    if flip:
+        t = t.flip(-1)
+    return t.roll((dy, dx), dims=(-2, -1))

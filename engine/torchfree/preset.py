@@ -140,9 +140,23 @@ SCHEMA: dict[str, Key] = {
         "pos_int", None, "batches each worker loads ahead (PyTorch's default: 2)"
     ),
     "grad_clip": Key("pos_float", None, "clip the gradient norm to this value"),
+    "precision": Key(
+        "choice",
+        "fp32",
+        "fp32 | bf16 (autocast) | fp16 (autocast and a gradient scaler), in every stage",
+        ("fp32", "bf16", "fp16"),
+    ),
+    "compile": Key(
+        "compile",
+        False,
+        "torch.compile the model: false | true | default | reduce-overhead | max-autotune",
+    ),
     "stages": Key("stages", None, "stages to run, in order (default: the whole ladder)"),
     "ablations": Key(
         "ablations", None, "a list of override mappings, one run each, for `cockpit ablate`"
+    ),
+    "tricks": Key(
+        "tricks", None, "name -> override mapping: one run per trick for `cockpit ablate --tricks`"
     ),
     "prune": Key("section", None, "pruning rule for ablations"),
 }
@@ -170,6 +184,10 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
         return None if isinstance(value, str) and value else "non-empty text"
     if c == "choice":
         return None if value in spec.choices else "one of " + ", ".join(spec.choices)
+    if c == "compile":
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        ok = isinstance(value, bool) or value in modes
+        return None if ok else "true, false or a torch.compile mode (" + ", ".join(modes) + ")"
     if c == "int":
         return None if _is_int(value) else "an integer"
     if c == "nonneg_int":
@@ -196,6 +214,13 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
             None
             if ok
             else "a list of mappings of dotted keys to values, e.g. [{optimizer.lr: 3e-4}]"
+        )
+    if c == "tricks":
+        ok = isinstance(value, dict) and all(isinstance(v, dict) and v for v in value.values())
+        return (
+            None
+            if ok
+            else "a mapping of trick names to overrides, e.g. {dropout: {model.dropout: 0.2}}"
         )
     if c == "section":
         return None if isinstance(value, dict) else "a mapping"
@@ -444,6 +469,16 @@ def validate(preset: Preset) -> None:
             _check_settings(preset, key, value, fields)
         if key == "stages":
             _check_stage_list(preset, value)
+        if key == "tricks":
+            for trick, entry in value.items():
+                for dotted in entry:
+                    top = str(dotted).split(".")[0]
+                    if top not in SCHEMA and top not in STAGES:
+                        raise preset.error(
+                            f"tricks.{trick}",
+                            f"trick '{trick}' sets '{dotted}', but '{top}' is not a preset key"
+                            f"{_suggest(top, [*SCHEMA, *STAGES])}",
+                        )
         if key == "ablations":
             for i, entry in enumerate(value):
                 for dotted in entry:
