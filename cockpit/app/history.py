@@ -12,73 +12,156 @@ before that, and so on), then continue with its own.
 
 from __future__ import annotations
 
-import bisect
 import math
 import threading
-from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from pathlib import Path
 
-from cockpit.app.envelope import Envelope
-from engine.torchfree.runfolder import JsonlTail, RunFolder, StepColumns, StepsTail
+from cockpit.app.envelope import Envelope, numpy
+from engine.torchfree.runfolder import STEP_COLUMNS, JsonlTail, RunFolder, read_json
 
 EVAL_SKIP = ("step", "time", "stage", "val_loss", "val_loss_se")
 """Keys of an evals.jsonl row that are not full-val metrics to draw."""
+DRAWN = ("step", "stage", "train_loss", "val_loss")
+"""The steps.bin columns the curves need: only these are decoded."""
+CHUNK_RECORDS = 1 << 15
+"""Records decoded at a time (2.4 MB of steps.bin, cache-sized): a 10M-step run is read in
+bounded memory."""
 
 
-def finite_only(
-    xs: Sequence[float], ys: Sequence[float]
-) -> tuple[Sequence[float], Sequence[float]]:
-    """The points whose y is finite (val loss is NaN on steps without a val batch)."""
-    if math.isfinite(sum(ys)):  # C-speed check; one NaN or inf poisons the sum
+class StepsReader:
+    """Incremental, vectorised reader of steps.bin: only whole records, only new bytes, only
+    the columns drawn (a column the file's layout lacks comes back as NaN)."""
+
+    def __init__(self, path: Path, columns: Sequence[str] = DRAWN):
+        self.path = path
+        self.offset = 0
+        layout = STEP_COLUMNS
+        header = read_json(path.with_suffix(".json"))
+        if header and isinstance(header.get("columns"), list) and header["columns"]:
+            layout = tuple(str(c) for c in header["columns"])
+        self.width = len(layout)
+        self.record = 8 * self.width
+        self.wanted = {name: layout.index(name) if name in layout else None for name in columns}
+
+    def read_new(self, chunk: int = CHUNK_RECORDS) -> Iterator[dict]:
+        """Column arrays (float64) of the records appended since the last call, a chunk at a
+        time; the offset moves past each chunk as it is handed out. One small buffer is
+        reused (it stays in the CPU cache: reading and picking the columns cost one pass)."""
+        np = numpy()
+        try:
+            f = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed below, a generator
+        except OSError:
+            return
+        buf = bytearray(chunk * self.record)
+        picks = [i for i in self.wanted.values() if i is not None]
+        try:
+            f.seek(self.offset)
+            pending = 0  # bytes of a record cut in two by the last read
+            while True:
+                got = f.readinto(memoryview(buf)[pending:])
+                if not got:
+                    return
+                size = pending + got
+                n = size // self.record
+                if n:
+                    rows = np.frombuffer(buf, dtype="<f8", count=n * self.width)
+                    rows = rows.reshape(n, self.width)
+                    picked = np.empty((len(picks), n))  # native float64, one column a row
+                    for k, i in enumerate(picks):
+                        picked[k] = rows[:, i]
+                    cols, k = {}, 0
+                    for name, i in self.wanted.items():
+                        if i is None:
+                            cols[name] = np.full(n, math.nan)
+                        else:
+                            cols[name] = picked[k]
+                            k += 1
+                    self.offset += n * self.record
+                    yield cols
+                pending = size - n * self.record
+                if pending:
+                    buf[:pending] = buf[n * self.record : size]
+        finally:
+            f.close()
+
+
+def finite_only(xs: Sequence[float], ys: Sequence[float]) -> tuple:
+    """The points whose x and y are finite (val loss is NaN on steps without a val batch)."""
+    np = numpy()
+    xs = np.asarray(xs, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
+    keep = np.isfinite(ys) & np.isfinite(xs)
+    if keep.all():
         return xs, ys
-    keep = [i for i, v in enumerate(ys) if v - v == 0]  # False for NaN and ±inf
-    return array("d", [xs[i] for i in keep]), array("d", [ys[i] for i in keep])
+    return xs[keep], ys[keep]
 
 
-def debiased_ema(
-    ys: Sequence[float], beta: float, state: tuple[float, int]
-) -> tuple[array, tuple[float, int]]:
+EMA_BLOCK = 1024
+"""Points per block of the vectorised EMA (see ``debiased_ema``)."""
+
+
+def debiased_ema(ys: Sequence[float], beta: float, state: tuple[float, int]) -> tuple:
     """Exponential moving average with Adam's bias correction, continued from ``state``.
 
     ``state`` is (the raw average, points seen); the correction ``1 - beta**t`` keeps the
-    first points from being pulled towards zero."""
+    first points from being pulled towards zero. Vectorised: within a block of ``B`` points
+    the average is ``(1 - beta) * beta**t * cumsum(y_k * beta**-k)`` plus what the previous
+    block carried in, ``beta**(t + 1) * carry``; only the carries (one per block) are chained
+    in Python. ``B`` keeps ``beta**-B`` far from overflowing."""
+    np = numpy()
     ema, seen = state
-    if not len(ys):
-        return array("d"), state
+    ys = np.asarray(ys, dtype=np.float64)
+    n = len(ys)
+    if not n:
+        return ys, state
     if beta <= 0.0:
-        return array("d", ys), (ys[-1], seen + len(ys))
+        return ys.copy(), (float(ys[-1]), seen + n)
     keep = 1.0 - beta
-    out = array("d", accumulate(ys, lambda e, v: beta * e + keep * v, initial=ema))
-    del out[0]
-    end = out[-1]
+    size = max(1, min(EMA_BLOCK, int(300.0 / -math.log(beta))))
+    blocks = -(-n // size)
+    padded = np.zeros(blocks * size)
+    padded[:n] = ys
+    k = np.arange(size, dtype=np.float64)
+    up, down = beta**-k, beta**k
+    with np.errstate(over="ignore", invalid="ignore"):
+        local = np.cumsum(padded.reshape(blocks, size) * up, axis=1) * (keep * down)
+        # the average entering each block: chained in Python, one multiply-add per block
+        lasts = local[:, -1].tolist()
+        carries = list(accumulate(lasts[:-1], lambda c, v: beta**size * c + v, initial=ema))
+        out = (local + np.outer(carries, beta * down)).reshape(-1)[:n]
+    if not np.isfinite(out).all():  # values near the float range: the exact loop instead
+        out = np.array(
+            list(accumulate(ys.tolist(), lambda e, v: beta * e + keep * v, initial=ema))[1:]
+        )
+    end = float(out[-1])
     # the correction is 1 within float precision after a few hundred points: apply it only there
-    power = beta ** (seen + 1)
-    i = 0
-    while i < len(out) and power > 1e-17:
-        out[i] /= 1.0 - power
-        power *= beta
-        i += 1
-    return out, (end, seen + len(ys))
+    corrected = min(n, max(0, math.ceil(math.log(1e-17) / math.log(beta)) - seen))
+    if corrected:
+        out[:corrected] /= 1.0 - beta ** (seen + 1 + np.arange(corrected, dtype=np.float64))
+    return out, (end, seen + n)
 
 
 class SmoothedSeries:
-    """One per-step series: its raw envelope and the envelope of its debiased EMA."""
+    """One per-step series: its raw envelope and the envelope of its debiased EMA.
+
+    The points themselves are not kept (a 10M-step run would hold 160 MB per series): a new
+    smoothing re-reads them from steps.bin (see ``RunHistory``)."""
 
     def __init__(self, beta: float, start: tuple[float, int] = (0.0, 0)):
         self.beta = beta
-        self.xs = array("d")
-        """Raw x, kept to recompute the EMA when the smoothing changes."""
-        self.ys = array("d")
-        """Raw y (finite values only)."""
+        self.count = 0
+        self.first_x = math.nan
+        self.last_x = math.nan
+        self.last_y = math.nan
         self.raw = Envelope()
         self.smooth = Envelope()
         self._state = start
 
     def __len__(self) -> int:
-        return len(self.ys)
+        return self.count
 
     @property
     def ema_state(self) -> tuple[float, int]:
@@ -89,22 +172,16 @@ class SmoothedSeries:
         xs, ys = finite_only(xs, ys)
         if not len(ys):
             return
-        self.xs.extend(xs)
-        self.ys.extend(ys)
+        if not self.count:
+            self.first_x = float(xs[0])
+        self.count += len(ys)
+        self.last_x, self.last_y = float(xs[-1]), float(ys[-1])
         self.raw.extend(xs, ys)
         smoothed, self._state = debiased_ema(ys, self.beta, self._state)
         self.smooth.extend(xs, smoothed)
 
-    def resmoothed(self, beta: float, start: tuple[float, int] = (0.0, 0)) -> SmoothedSeries:
-        """A copy with another smoothing (the raw envelope is shared: it does not change)."""
-        out = SmoothedSeries(beta, start)
-        out.xs, out.ys, out.raw = self.xs, self.ys, self.raw
-        smoothed, out._state = debiased_ema(self.ys, beta, start)
-        out.smooth.extend(self.xs, smoothed)
-        return out
-
     def last(self) -> float:
-        return self.ys[-1] if self.ys else math.nan
+        return self.last_y
 
     def smoothed_last(self) -> float:
         """The debiased EMA at the latest point."""
@@ -165,7 +242,7 @@ class RunHistory:
         """True once the history on disk has been read (until then the view says 'loading')."""
         self.stages: dict[str, StageHistory] = {}
         self.stage_names: list[str] = []
-        self._steps = StepsTail(folder.file("steps.bin"))
+        self._steps = StepsReader(folder.file("steps.bin"))
         self._evals = JsonlTail(folder.file("evals.jsonl"))
         self._wanted_beta = beta
 
@@ -195,102 +272,115 @@ class RunHistory:
     # ---- the watcher thread's side -------------------------------------------------
     def poll(self) -> bool:
         """Read what was appended since the last call; True when the curves changed."""
-        changed = False
-        if self._wanted_beta != self.beta:
-            self._resmooth(self._wanted_beta)
-            changed = True
-        cols = self._steps.read_new()
-        evals = self._evals.read_new()
-        if not self.loaded:
+        if not self.loaded or self._wanted_beta != self.beta:
+            # the first read, or a new smoothing: everything from disk, swapped in at once
+            # (the points are not kept in memory; reading them again is a vectorised pass)
+            beta = self._wanted_beta
+            steps, evals = StepsReader(self.folder.file("steps.bin")), JsonlTail(self._evals.path)
             summary = self.folder.summary()
             names = list(summary.get("stage_names") or [])
-            stages = self._fresh_stages(names, summary)
-            _ingest(stages, names, cols, evals, self.beta)
+            stages = self._fresh_stages(names, summary, beta)
+            _ingest(stages, names, steps.read_new(), evals.read_new(), beta)
             with self.lock:
+                self._steps, self._evals, self.beta = steps, evals, beta
                 self.stage_names, self.stages = names, stages
                 self.loaded = True
             return True
-        if not len(cols) and not evals:
-            return changed
+        changed = False
         names = self.stage_names
-        if len(cols) and int(cols["stage"][-1]) >= len(names):  # stage names came late
-            names = list(self.folder.summary().get("stage_names") or names)
-        with self.lock:
-            self.stage_names = names
-            _ingest(self.stages, names, cols, evals, self.beta)
-        return True
+        for cols in self._steps.read_new():
+            changed = True
+            top = cols["stage"][-1]
+            if math.isfinite(top) and int(top) >= len(names):  # stage names came late
+                names = list(self.folder.summary().get("stage_names") or names)
+            with self.lock:
+                self.stage_names = names
+                _ingest(self.stages, names, [cols], [], self.beta)
+        evals = self._evals.read_new()
+        if evals:
+            changed = True
+            with self.lock:
+                _ingest(self.stages, names, [], evals, self.beta)
+        return changed
 
-    def _fresh_stages(self, names: list[str], summary: dict) -> dict[str, StageHistory]:
-        stages = {name: _empty_stage(name, self.beta) for name in names}
+    def _fresh_stages(
+        self, names: list[str], summary: dict, beta: float
+    ) -> dict[str, StageHistory]:
+        stages = {name: _empty_stage(name, beta) for name in names}
         fork_step = summary.get("fork_step")
         parent = summary.get("parent")
         if parent and fork_step:
-            prefix = inherited_history(
-                self.folder.path.parent / parent, float(fork_step), self.beta
-            )
+            prefix = inherited_history(self.folder.path.parent / parent, float(fork_step), beta)
             if prefix is not None and prefix.name in stages:
                 own = stages[prefix.name]
                 own.inherited, own.fork_step = prefix, float(fork_step)
-                own.train = SmoothedSeries(self.beta, prefix.train.ema_state)
-                own.val = SmoothedSeries(self.beta, prefix.val.ema_state)
+                own.train = SmoothedSeries(beta, prefix.train.ema_state)
+                own.val = SmoothedSeries(beta, prefix.val.ema_state)
         return stages
-
-    def _resmooth(self, beta: float) -> None:
-        replaced = {}
-        for name, stage in self.stages.items():
-            replaced[name] = _resmoothed_stage(stage, beta)
-        with self.lock:
-            self.stages = replaced
-            self.beta = beta
 
 
 def _empty_stage(name: str, beta: float) -> StageHistory:
     return StageHistory(name, SmoothedSeries(beta), SmoothedSeries(beta))
 
 
-def _resmoothed_stage(stage: StageHistory, beta: float) -> StageHistory:
-    inherited = _resmoothed_stage(stage.inherited, beta) if stage.inherited else None
-    train_start = inherited.train.ema_state if inherited else (0.0, 0)
-    val_start = inherited.val.ema_state if inherited else (0.0, 0)
-    return StageHistory(
-        stage.name,
-        stage.train.resmoothed(beta, train_start),
-        stage.val.resmoothed(beta, val_start),
-        stage.evals,
-        inherited,
-        stage.fork_step,
-    )
+def _segments(stage_col) -> list[tuple[float, int, int]]:
+    """(stage value, first record, end) of each run of equal stage values in a chunk."""
+    np = numpy()
+    if not len(stage_col):
+        return []
+    stage_col = np.where(np.isnan(stage_col), -math.inf, stage_col)  # damaged runs stay one
+    cuts = (np.flatnonzero(stage_col[1:] != stage_col[:-1]) + 1).tolist()
+    bounds = [0, *cuts, len(stage_col)]
+    return [(float(stage_col[i]), i, j) for i, j in pairwise(bounds)]
+
+
+def _stage_name(value: float, names: list[str]) -> str | None:
+    if not math.isfinite(value):  # a damaged record: nowhere to draw it
+        return None
+    i = int(value)
+    return names[i] if 0 <= i < len(names) else f"stage {i}"
 
 
 def _ingest(
     stages: dict[str, StageHistory],
     names: list[str],
-    cols: StepColumns,
+    chunks,
     evals: list[dict],
     beta: float,
     upto_step: float | None = None,
+    only: str | None = None,
 ) -> None:
-    """Route new step records and eval rows to their stages.
+    """Route step records (column chunks) and eval rows to their stages.
 
-    Stages run in order, so the stage column never decreases: each stage's records are one
-    contiguous slice, found by bisection instead of a Python loop over a million records."""
-    for i, start, end in _stage_slices(cols):
-        name = names[i] if 0 <= i < len(names) else f"stage {i}"
-        stage = stages.get(name)
-        if stage is None:
-            stage = stages[name] = _empty_stage(name, beta)
-        xs = cols["step"][start:end]
-        stop = len(xs) if upto_step is None else bisect.bisect_right(xs, upto_step)
-        stage.train.extend(xs[:stop], cols["train_loss"][start : start + stop])
-        stage.val.extend(xs[:stop], cols["val_loss"][start : start + stop])
+    Stages run in order, so each stage's records are one contiguous slice of a chunk, handed
+    to its series whole (vectorised); ``only`` keeps one stage, ``upto_step`` its first part."""
+    np = numpy()
+    for cols in chunks:
+        for value, start, end in _segments(cols["stage"]):
+            name = _stage_name(value, names)
+            if name is None or (only is not None and name != only):
+                continue
+            stage = stages.get(name)
+            if stage is None:
+                stage = stages[name] = _empty_stage(name, beta)
+            xs = cols["step"][start:end]
+            stop = len(xs) if upto_step is None else int(np.searchsorted(xs, upto_step, "right"))
+            stage.train.extend(xs[:stop], cols["train_loss"][start : start + stop])
+            stage.val.extend(xs[:stop], cols["val_loss"][start : start + stop])
     for row in evals:
-        if upto_step is not None and float(row.get("step", 0)) > upto_step:
+        if upto_step is not None and _number(row.get("step")) > upto_step:
             continue
         name = str(row.get("stage", ""))
+        if only is not None and name != only:
+            continue
         stage = stages.get(name)
         if stage is None:
             stage = stages[name] = _empty_stage(name, beta)
         stage.evals.append(row)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def inherited_history(
@@ -306,8 +396,7 @@ def inherited_history(
     if not summary or depth > 32:  # a lineage cycle can only come from hand-edited folders
         return None
     names = list(summary.get("stage_names") or [])
-    cols = StepsTail(parent.file("steps.bin")).read_new()
-    source = _stage_at_step(cols, names, fork_step)
+    source = _stage_at_step(parent.file("steps.bin"), names, fork_step)
     if source is None:
         return None
     stage = None
@@ -316,39 +405,21 @@ def inherited_history(
         stage = inherited_history(parent_path.parent / grand, float(grand_step), beta, depth + 1)
     if stage is None or stage.name != source:
         stage = _empty_stage(source, beta)
-    evals = [
-        r for r in JsonlTail(parent.file("evals.jsonl")).read_new() if r.get("stage") == source
-    ]
-    _ingest(
-        {source: stage}, names, _only_stage(cols, names, source), evals, beta, upto_step=fork_step
-    )
+    evals = JsonlTail(parent.file("evals.jsonl")).read_new()
+    steps = StepsReader(parent.file("steps.bin")).read_new()
+    _ingest({source: stage}, names, steps, evals, beta, upto_step=fork_step, only=source)
     return stage
 
 
-def _stage_slices(cols: StepColumns) -> list[tuple[int, int, int]]:
-    """(stage index, first record, end) of each stage's contiguous run of records."""
-    stage_col = cols["stage"]
-    out = []
-    start = 0
-    while start < len(stage_col):
-        end = bisect.bisect_right(stage_col, stage_col[start], lo=start)
-        out.append((int(stage_col[start]), start, end))
-        start = end
-    return out
-
-
-def _stage_at_step(cols: StepColumns, names: list[str], step: float) -> str | None:
-    steps = cols["step"]
-    for index, start, end in reversed(_stage_slices(cols)):
-        at = bisect.bisect_left(steps, step, lo=start, hi=end)  # steps ascend within a stage
-        if at < end and steps[at] == step:
-            return names[index] if 0 <= index < len(names) else None
-    return None
-
-
-def _only_stage(cols: StepColumns, names: list[str], name: str) -> StepColumns:
-    index = names.index(name)
-    for i, start, end in _stage_slices(cols):
-        if i == index:
-            return StepColumns({key: col[start:end] for key, col in cols.columns.items()})
-    return StepColumns()
+def _stage_at_step(path: Path, names: list[str], step: float) -> str | None:
+    """The last stage whose records include ``step`` (two columns read, vectorised)."""
+    np = numpy()
+    found = None
+    for cols in StepsReader(path, ("step", "stage")).read_new():
+        hits = np.flatnonzero(cols["step"] == step)
+        if len(hits):
+            found = float(cols["stage"][hits[-1]])
+    if found is None:
+        return None
+    name = _stage_name(found, names)
+    return name if name in names else None

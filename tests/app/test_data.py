@@ -175,13 +175,13 @@ def test_a_warm_fork_draws_its_parents_history_up_to_the_fork(workspace):
     child.poll()
     stage = child.stages["train"]
     assert stage.fork_step == 120 and stage.steps == 40
-    assert list(stage.inherited.train.xs) == [
-        float(s) for s in range(1, 121)
-    ]  # the train stage, not generalize
+    inherited = stage.inherited.train
+    assert inherited.raw.points(1000)[0] == [float(s) for s in range(1, 121)]  # not generalize
+    assert (inherited.first_x, inherited.last_x, len(inherited)) == (1, 120, 120)
     grand = RunHistory(RunFolder(workspace / "grandchild"))
     grand.poll()
-    inherited = grand.stages["train"].inherited.train.xs
-    assert inherited[0] == 1 and inherited[-1] == 150 and len(inherited) == 150
+    inherited = grand.stages["train"].inherited.train
+    assert (inherited.first_x, inherited.last_x, len(inherited)) == (1, 150, 150)
 
 
 def test_changing_the_smoothing_recomputes_the_smoothed_curves(workspace):

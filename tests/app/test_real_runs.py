@@ -82,8 +82,8 @@ def test_a_real_runs_curves_then_a_warm_fork_that_continues_them(tmp_path):
             await histories_loaded(pilot)
             stage = app.screen.query_one(CurvesView).current_stage()
             assert stage.fork_step == 60
-            assert list(stage.inherited.train.xs) == [float(s) for s in range(1, 61)]
-            assert stage.train.xs[0] == 61  # the child continues the parent's step count
+            assert stage.inherited.train.raw.points(1000)[0] == [float(s) for s in range(1, 61)]
+            assert stage.train.first_x == 61  # the child continues the parent's step count
 
     asyncio.run(go())
 

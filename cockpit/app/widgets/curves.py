@@ -90,7 +90,7 @@ def step_range(stage: StageHistory) -> tuple[float, float] | None:
     first = stage.inherited if stage.inherited is not None and len(stage.inherited.train) else stage
     if not len(first.train) or not len(stage.train):
         return None
-    lo, hi = first.train.xs[0], stage.train.xs[-1]
+    lo, hi = first.train.first_x, stage.train.last_x
     ticks = nice_ticks(lo, hi, 5)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
     return lo, max(hi, math.ceil(hi / step) * step)
