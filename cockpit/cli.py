@@ -4,13 +4,16 @@ imports (textual for the app) happen only in the command that needs them."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from typing import NoReturn
 
 from engine.torchfree.preset import PresetError
+from engine.torchfree.runfolder import WorkspaceError, check_workspace, disk_full, write_error
 
 EPILOG = """commands:
   cockpit                          the terminal app on the workspace
@@ -29,13 +32,20 @@ class UsageError(Exception):
     """Wrong arguments: exit 2 with one sentence."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (not the usage block) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (`{self.prog} --help` lists the arguments)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ws = argparse.ArgumentParser(add_help=False)
+    ws = _Parser(add_help=False)
     ws.add_argument(
         "--workspace", metavar="DIR", help="where runs live (default: $COCKPIT_WORKSPACE or ./runs)"
     )
 
-    sets = argparse.ArgumentParser(add_help=False)
+    sets = _Parser(add_help=False)
     sets.add_argument(
         "--set",
         dest="sets",
@@ -46,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sets.add_argument("--stages", metavar="a,b,...", help="run only these stages, in this order")
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="cockpit",
         parents=[ws],
         description="A terminal cockpit for training runs: the ladder of sanity checks, per-batch "
@@ -105,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a run folder or path with non-UTF-8 bytes in its name prints escaped, never a traceback
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         if args.command is None:
@@ -123,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip("'\"") if isinstance(e, LookupError) else str(e)
         print(f"cockpit: {msg}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `cockpit ls | head`: the reader left; a run goes on by itself
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except WorkspaceError as e:
+        print(f"cockpit: {e}", file=sys.stderr)
+        return e.code
+    except OSError as e:  # a full disk or a vanished folder while writing: say which
+        if isinstance(e, BrokenPipeError):  # `cockpit ls | head`: the reader left
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        print(f"cockpit: {write_error(e)}.", file=sys.stderr)
         return 1
 
 
@@ -214,6 +233,8 @@ def watch(folder, proc) -> int:
         summary["reason"] = (
             f"the engine exited with code {rc} without finishing; see {folder.file('engine.log')}"
         )
+        if disk_full(folder.path):
+            summary["reason"] = f"no space left on device on {folder.path}; free some space"
     took = (summary.get("ended") or time.time()) - (
         summary.get("started") or summary.get("created") or time.time()
     )
@@ -236,7 +257,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from cockpit.app.formatting import age
     from engine.torchfree.runfolder import iter_runs, resolve_workspace
 
-    ws = resolve_workspace(args.workspace)
+    ws = check_workspace(resolve_workspace(args.workspace))
     snaps = [r.snapshot() for r in iter_runs(ws)]
     if args.json:
         print(json.dumps([s.to_json() for s in snaps], indent=1))

@@ -7,19 +7,26 @@ from pathlib import Path
 from typing import Any
 
 from cockpit.launch import create_run, start_engine
-from engine.torchfree.preset import Preset, apply_overrides, loads, validate
+from engine.torchfree.preset import (
+    Preset,
+    apply_overrides,
+    check_stage_names,
+    loads,
+    read_preset_text,
+    validate,
+)
 from engine.torchfree.runfolder import RunFolder
 
 
 def parent_preset(parent: RunFolder) -> Preset:
     """The parent's resolved preset, reported against the parent's original file name."""
     request = parent.request()
-    text = parent.preset_text()
-    if not text:
+    path = parent.file("preset.yaml")
+    if not path.exists():
         raise LookupError(f"run {parent.run_id} has no preset.yaml to fork from")
-    preset = loads(text, parent.file("preset.yaml"))
+    preset = loads(read_preset_text(path), path)
     source = request.get("preset_path")
-    if source:  # keep the original path so the child's folder is importable the same way
+    if isinstance(source, str) and source:  # keep the original path so the child's folder is importable the same way
         preset = Preset(preset.data, Path(source), {}, {})
     return preset
 
@@ -39,7 +46,11 @@ def fork_run(
     validate(preset)
     warm_from, fork_step = None, 0
     if warm:
-        ckpt = parent.latest_checkpoint()
+        ckpt, problem = parent.checked_checkpoint()
+        if ckpt is None and parent.file("checkpoints").joinpath("latest.json").exists():
+            raise LookupError(
+                f"run {parent.run_id} cannot be forked warm: {problem}; fork without --warm."
+            )
         if ckpt is None:
             raise LookupError(
                 f"run {parent.run_id} has no checkpoint to start warm from (only the train stage "
@@ -51,6 +62,12 @@ def fork_run(
     req = parent.request()
     if stages is None:
         stages = ["train"] if warm else req.get("stages")
+    if stages is not None and not (
+        isinstance(stages, list) and all(isinstance(s, str) for s in stages)
+    ):
+        raise LookupError(f"run {parent.run_id}: run.json's stages is not a list of names.")
+    if stages is not None:
+        check_stage_names(stages)
     folder = create_run(
         workspace,
         preset,
@@ -59,8 +76,12 @@ def fork_run(
         parent=parent.run_id,
         fork_step=fork_step,
         warm_from=warm_from,
-        group=req.get("group"),
-        extra={"preset_dir": req.get("preset_dir") or str(preset.folder)},
+        group=req.get("group") if isinstance(req.get("group"), str) else None,
+        extra={"preset_dir": _text(req.get("preset_dir")) or str(preset.folder)},
     )
     proc = start_engine(folder) if start else None
     return folder, proc
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +26,25 @@ import psutil
 
 from engine.torchfree import slots
 from engine.torchfree.preset import Preset
-from engine.torchfree.runfolder import LIVE, JsonlTail, RunFolder, new_run_id, write_json_atomic
+from engine.torchfree.runfolder import (
+    LIVE,
+    RESERVE,
+    RESERVE_BYTES,
+    RUN_DIR_MODES,
+    JsonlTail,
+    RunFolder,
+    WorkspaceError,
+    check_proc,
+    file_mode,
+    new_run_id,
+    prepare_workspace,
+    release_reserve,
+    remove_temp_files,
+    sharing,
+    write_bytes_private,
+    write_error,
+    write_json_atomic,
+)
 
 GRACE_S = 8.0  # SIGTERM, then SIGKILL: with the reaping after it, a kill stays under 10 s
 
@@ -42,21 +61,38 @@ def create_run(
     group: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> RunFolder:
-    """Write a new run folder (run.json, preset.yaml, a 'queued' summary.json)."""
-    workspace.mkdir(parents=True, exist_ok=True)
+    """Write a new run folder (run.json, preset.yaml, a 'queued' summary.json), private to
+    its owner unless the workspace is shared (see runfolder.sharing). On a full disk or any
+    other write error nothing is left behind and WorkspaceError says why in one sentence."""
+    workspace = prepare_workspace(workspace)
+    dir_mode = RUN_DIR_MODES[sharing(workspace)]
     for _ in range(20):
         run_id = new_run_id(preset.name)
         path = workspace / run_id
         try:
-            path.mkdir()
+            path.mkdir(mode=0o700)
+            os.chmod(path, dir_mode)
             break
         except FileExistsError:
             continue
+        except OSError as e:
+            raise WorkspaceError(f"cannot create a run: {write_error(e, path)}.", 1) from None
     else:  # pragma: no cover - 20 collisions of 16 random bits in one second
         raise RuntimeError("could not find a free run id")
-    folder = RunFolder(path)
+    try:
+        return _fill_run(
+            RunFolder(path), preset, overrides, stages, parent, fork_step, warm_from, group, extra
+        )
+    except OSError as e:
+        shutil.rmtree(path, ignore_errors=True)
+        raise WorkspaceError(f"cannot create a run: {write_error(e)}.", 1) from None
+
+
+def _fill_run(folder, preset, overrides, stages, parent, fork_step, warm_from, group, extra):
+    run_id, path = folder.run_id, folder.path
+    write_bytes_private(path / RESERVE, bytes(RESERVE_BYTES))  # first: a full disk fails here
     source = preset.path.resolve()
-    sha = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
+    sha = _sha256(source)
     now = time.time()
     request = {
         "run_id": run_id,
@@ -75,7 +111,7 @@ def create_run(
         **(extra or {}),
     }
     write_json_atomic(folder.file("run.json"), request)
-    folder.file("preset.yaml").write_text(preset.to_yaml())
+    write_bytes_private(folder.file("preset.yaml"), preset.to_yaml().encode())
     folder.write_summary(
         {
             "run_id": run_id,
@@ -93,6 +129,17 @@ def create_run(
     return folder
 
 
+def _sha256(path: Path) -> str | None:
+    """The preset file's hash (regular files of preset size only: a fork's recorded path may
+    point anywhere by now)."""
+    try:
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return None
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def start_engine(folder: RunFolder) -> subprocess.Popen:
     """Start ``python -m engine RUN_DIR`` detached from this terminal; record its pid."""
     env = os.environ.copy()
@@ -101,7 +148,10 @@ def start_engine(folder: RunFolder) -> subprocess.Popen:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     slots.announce(folder)  # the run's place in the device queue, held while its engine boots
-    with open(folder.file("engine.log"), "ab") as log:
+    log_fd = os.open(
+        folder.file("engine.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode(folder.path)
+    )
+    with open(log_fd, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine", str(folder.path.resolve())],
             stdin=subprocess.DEVNULL,
@@ -132,8 +182,10 @@ def engine_process(folder: RunFolder) -> psutil.Process | None:
     proc = folder.proc()
     if not proc or proc.get("host") not in (None, socket.gethostname()):
         return None
+    if not _may_signal(proc["pid"]):
+        return None
     try:
-        p = psutil.Process(int(proc["pid"]))
+        p = psutil.Process(proc["pid"])
         if abs(p.create_time() - float(proc.get("create_time", 0))) > 1.0:
             return None
         if p.status() == psutil.STATUS_ZOMBIE:
@@ -141,6 +193,17 @@ def engine_process(folder: RunFolder) -> psutil.Process | None:
         return p
     except (psutil.Error, KeyError, ValueError):
         return None
+
+
+def _may_signal(pid: int) -> bool:
+    """Never this process, its parent (the shell or the app), init, or a member of our own
+    process group, whatever a (forged) record says."""
+    if pid <= 1 or pid in (os.getpid(), os.getppid()):
+        return False
+    try:
+        return os.getpgid(pid) != os.getpgrp()
+    except OSError:
+        return True  # gone: psutil finds nothing to signal anyway
 
 
 def process_tree(p: psutil.Process) -> list[psutil.Process]:
@@ -155,10 +218,13 @@ def recorded_processes(folder: RunFolder) -> list[psutil.Process]:
     workers.jsonl), each only while its start time still matches the record."""
     out = []
     for row in JsonlTail(folder.file("workers.jsonl")).read_new():
-        if row.get("host") not in (None, socket.gethostname()):
+        row = check_proc(row)
+        if row is None or row.get("host") not in (None, socket.gethostname()):
+            continue
+        if not _may_signal(row["pid"]):
             continue
         try:
-            q = psutil.Process(int(row["pid"]))
+            q = psutil.Process(row["pid"])
             if (
                 abs(q.create_time() - float(row.get("create_time", 0))) <= 1.0
                 and q.status() != psutil.STATUS_ZOMBIE
@@ -182,6 +248,7 @@ def stop(folder: RunFolder, grace: float = GRACE_S, *, force: bool = False) -> b
             strays = _merge(strays, process_tree(q))
         if strays:
             kill_tree(strays)
+        _tidy(folder)
         mark_killed_if_live(folder)
         return bool(strays)
     tree = process_tree(p)
@@ -197,9 +264,20 @@ def stop(folder: RunFolder, grace: float = GRACE_S, *, force: bool = False) -> b
     for q in recorded_processes(folder):
         tree = _merge(tree, process_tree(q))
     proc = folder.proc() or {}
-    kill_tree(tree, pgid=proc.get("pgid"), leader_created=proc.get("create_time"))
+    # the group only when it is the verified engine's own (started as a session leader): a
+    # recorded pgid of any other group, leaderless or not, is never signalled
+    pgid = proc.get("pgid") if proc.get("pgid") == p.pid else None
+    kill_tree(tree, pgid=pgid, leader_created=proc.get("create_time"))
+    _tidy(folder)
     mark_killed_if_live(folder)
     return True
+
+
+def _tidy(folder: RunFolder) -> None:
+    """Once the engine is gone: drop its half-written temp files and its disk reserve."""
+    if engine_process(folder) is None:
+        remove_temp_files(folder.path)
+        release_reserve(folder.path)
 
 
 def stop_many(folders: list[RunFolder], grace: float = GRACE_S) -> list[tuple[bool, float]]:
@@ -231,6 +309,7 @@ def kill_tree(
     """SIGKILL ``tree`` and whatever is left in the engine's process group, then reap."""
     if pgid:
         tree = _merge(tree, group_members(int(pgid), leader_created))
+    tree = [q for q in tree if _may_signal(q.pid)]
     for q in tree:
         try:
             q.kill()  # psutil checks the start time first: a reused pid is left alone

@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterable
@@ -47,12 +50,90 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value, parsed as YAML (so ``3e-4`` is a float and ``[a, b]`` a list)."""
+MAX_PRESET_BYTES = 1 << 20
+"""A preset is a page of YAML; a bigger file is the wrong file (or an attack)."""
+MAX_NODES = 20_000
+"""Values a preset may expand to, aliases followed: a billion-laughs alias bomb stops here."""
+MAX_DEPTH = 40
+"""Nesting levels a preset may have."""
+PLAIN_TAGS = {
+    f"tag:yaml.org,2002:{t}"
+    for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")
+}
+
+
+class _Bad(Exception):
+    """A structural problem found while walking the YAML nodes: (line, message)."""
+
+    def __init__(self, line: int | None, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Plain values, lists and mappings only; finite, shallow and small once aliases are
+    followed (aliases are shared nodes, so a walk counts what a reader would expand)."""
+    count = 0
+    stack: list[tuple[yaml.Node, int, frozenset]] = [(root, 0, frozenset())]
+    while stack:
+        node, depth, above = stack.pop()
+        count += 1
+        line = node.start_mark.line + 1 if node.start_mark else None
+        if count > MAX_NODES:
+            raise _Bad(
+                None,
+                f"it expands to more than {MAX_NODES} values (aliases repeated inside aliases?); "
+                "a preset is small — write the values out or drop the aliases",
+            )
+        if depth > MAX_DEPTH:
+            raise _Bad(line, f"it is nested more than {MAX_DEPTH} levels deep")
+        if node.tag not in PLAIN_TAGS:
+            raise _Bad(
+                line,
+                f"the YAML tag '{_short_tag(node.tag)}' is not allowed in a preset (plain values, "
+                "lists and mappings only); remove the tag",
+            )
+        if id(node) in above:
+            raise _Bad(
+                line, "an alias refers to a node that contains it (a recursive alias); remove it"
+            )
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            continue
+        inner = above | {id(node)}
+        stack.extend((child, depth + 1, inner) for child in reversed(children))
+
+
+def _short_tag(tag: str) -> str:
+    return ("!!" + tag.removeprefix("tag:yaml.org,2002:"))[:60] if tag else "?"
+
+
+def _yaml_value(text: str) -> Any:
+    """Compose, check (_check_nodes), then construct; raises yaml.YAMLError or _Bad."""
+    node = yaml.compose(text, Loader=_Loader)
+    if node is None:
+        return None
+    _check_nodes(node)
     try:
-        return yaml.load(text, Loader=_Loader) if text.strip() else ""
+        return yaml.load(text, Loader=_Loader)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # e.g. a bad date
+        raise _Bad(None, f"a value cannot be read ({e})") from None
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value, parsed as YAML (so ``3e-4`` is a float and ``[a, b]`` a list).
+    Not YAML: the text itself. Tags, recursive aliases and alias bombs: PresetError."""
+    if not text.strip():
+        return ""
+    try:
+        return _yaml_value(text)
     except yaml.YAMLError:
         return text
+    except _Bad as e:
+        raise PresetError(f"the value {_short(text)!r}: {e}.") from None
 
 
 def _kind(value: Any) -> str:
@@ -172,7 +253,48 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
+
+
+MAX_INT = 2**31 - 1
+"""Counts and sizes stop here: anything bigger overflows torch's C ints (or never ends)."""
+INT_LIMITS: dict[str, tuple[int, int]] = {
+    "seed": (-(2**63), 2**63 - 1),
+    "gpus": (0, 1024),
+    "num_workers": (0, 1024),
+    "prefetch_factor": (1, 1024),
+    "batch_size": (1, 1 << 24),
+    "val_batch_size": (1, 1 << 24),
+}
+POSITIVE_SETTINGS = {
+    # counts that must be at least 1: zero steps "pass" on nothing (a NaN verdict)
+    "steps",
+    "samples",
+    "batches",
+    "batch",
+    "overlap_samples",
+    "val_samples",
+    "max_params",
+    "every",
+    "min_peers",
+    # budgets and rates that must be above 0
+    "seconds",
+    "max_batch_s",
+    "lr",
+    "reach",
+    "min_lr",
+    "max_lr",
+    "diverge",
+}
+NUMERIC_OPTIMIZER_ARGS = {
+    # name: (lowest, highest, lowest allowed itself)
+    "lr": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, True),
+    "momentum": (0.0, 1.0, True),
+    "dampening": (0.0, 1.0, True),
+    "eps": (0.0, math.inf, False),
+    "alpha": (0.0, math.inf, True),
+}
 
 
 def _check_top(key: str, spec: Key, value: Any) -> str | None:
@@ -188,14 +310,16 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         ok = isinstance(value, bool) or value in modes
         return None if ok else "true, false or a torch.compile mode (" + ", ".join(modes) + ")"
-    if c == "int":
-        return None if _is_int(value) else "an integer"
-    if c == "nonneg_int":
-        return None if _is_int(value) and value >= 0 else "an integer ≥ 0"
-    if c == "pos_int":
-        return None if _is_int(value) and value > 0 else "an integer > 0"
+    if c in ("int", "nonneg_int", "pos_int"):
+        kind = {"int": "an integer", "nonneg_int": "an integer ≥ 0", "pos_int": "an integer > 0"}
+        lowest = {"int": None, "nonneg_int": 0, "pos_int": 1}[c]
+        if not _is_int(value) or (lowest is not None and value < lowest):
+            return kind[c]
+        lo, hi = INT_LIMITS.get(key, (lowest if lowest is not None else -MAX_INT, MAX_INT))
+        return None if lo <= value <= hi else f"an integer from {lo} to {hi}"
     if c == "pos_float":
-        return None if _is_num(value) and value > 0 else "a number > 0"
+        ok = _is_num(value) and math.isfinite(value) and value > 0
+        return None if ok else "a finite number > 0"
     if c == "device":
         return (
             None if isinstance(value, str) and _DEVICE.match(value) else "auto, cpu, cuda or cuda:N"
@@ -315,18 +439,57 @@ class Preset:
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Preset:
     """Read, override and validate a preset; raise PresetError on any mistake."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        hint = _near_files(path)
-        raise PresetError(f"{path}: no such preset file{hint}.") from None
-    except OSError as e:
-        raise PresetError(f"{path}: cannot read the preset ({e.strerror}).") from None
-    preset = loads(text, path)
+    preset = loads(read_preset_text(path), path)
     if overrides:
         preset = apply_overrides(preset, overrides)
     validate(preset)
     return preset
+
+
+def read_preset_text(path: Path) -> str:
+    """A preset file's text: a regular file (no FIFO, device or folder), at most
+    MAX_PRESET_BYTES, UTF-8. PresetError with a sentence for anything else."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
+    except FileNotFoundError:
+        hint = _near_files(path)
+        raise PresetError(f"{path}: no such preset file{hint}.") from None
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise PresetError(f"{path}: cannot read the preset ({why}).") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise PresetError(f"{path}: is a folder, not a preset; give one of its .yaml files.")
+        if not stat.S_ISREG(st.st_mode):
+            raise PresetError(
+                f"{path}: is not a regular file (a FIFO, a device or a socket); a preset is a "
+                "YAML file."
+            )
+        if st.st_size > MAX_PRESET_BYTES:
+            raise PresetError(
+                f"{path}: is {st.st_size:,} bytes; a preset is at most "
+                f"{MAX_PRESET_BYTES >> 20} MB of YAML — is it the right file?"
+            )
+        try:
+            raw = os.read(fd, MAX_PRESET_BYTES + 1)
+        except OSError as e:
+            raise PresetError(f"{path}: cannot read the preset ({e.strerror}).") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_PRESET_BYTES:  # a file that grew (or lies about its size)
+        raise PresetError(f"{path}: is larger than {MAX_PRESET_BYTES >> 20} MB; not a preset.")
+    if b"\0" in raw:
+        raise PresetError(f"{path}: holds NUL bytes, so it is binary, not a YAML preset.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise PresetError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the "
+            "preset as UTF-8."
+        ) from None
 
 
 def _near_files(path: Path) -> str:
@@ -343,15 +506,25 @@ def _near_files(path: Path) -> str:
 
 
 def loads(text: str, path: Path) -> Preset:
+    if len(text) > MAX_PRESET_BYTES:
+        raise PresetError(f"{path}: is larger than {MAX_PRESET_BYTES >> 20} MB; not a preset.")
     try:
         node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            _check_nodes(node)
+    except _Bad as e:
+        where = f", line {e.line}" if e.line else ""
+        raise PresetError(f"{path}{where}: {e}.") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = (e.problem or e.context or "invalid YAML").strip()
         raise PresetError(f"{path}{where}: YAML syntax error: {problem}.") from None
     except yaml.YAMLError as e:
-        raise PresetError(f"{path}: YAML syntax error: {e}.") from None
+        first = (str(e).strip().splitlines() or ["invalid YAML"])[0]
+        raise PresetError(f"{path}: YAML syntax error: {first}.") from None
+    except RecursionError:
+        raise PresetError(f"{path}: nested too deeply to read as a preset.") from None
     if node is None:
         raise PresetError(f"{path}: the preset is empty; it needs at least model and data.")
     if not isinstance(node, yaml.MappingNode):
@@ -361,7 +534,16 @@ def loads(text: str, path: Path) -> Preset:
         )
     lines: dict[str, int] = {}
     _record_lines(node, "", lines, path)
-    data = yaml.load(text, Loader=_Loader)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:  # e.g. a list used as a key
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}" if mark else ""
+        problem = (e.problem or e.context or "invalid YAML").strip()
+        raise PresetError(f"{path}{where}: {problem}.") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise PresetError(f"{path}: a value cannot be read ({first}).") from None
     return Preset(data=data, path=path, lines=lines)
 
 
@@ -369,9 +551,13 @@ def _record_lines(node: yaml.Node, prefix: str, out: dict[str, int], path: Path)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for knode, vnode in node.value:
+            line = knode.start_mark.line + 1
+            if not isinstance(knode, yaml.ScalarNode):
+                raise PresetError(
+                    f"{path}, line {line}: a key must be plain text, not a {knode.id}."
+                )
             key = str(knode.value)
             dotted = f"{prefix}.{key}" if prefix else key
-            line = knode.start_mark.line + 1
             if key in seen:
                 raise PresetError(f"{path}, line {line}: '{dotted}' is given twice; keep one.")
             seen.add(key)
@@ -397,7 +583,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise PresetError(
             f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set optimizer.lr=3e-4."
         )
-    return key, parse_value(value)
+    if len(text) > MAX_PRESET_BYTES:
+        raise PresetError(f"--set {key}=...: the value is longer than a whole preset may be.")
+    try:
+        return key, parse_value(value)
+    except PresetError as e:
+        raise PresetError(f"--set {key}=...: {e}") from None
 
 
 def override_origin(key: str, value: Any) -> str:
@@ -464,6 +655,8 @@ def validate(preset: Preset) -> None:
             raise preset.error(key, f"{key} must be {expected}, got {_kind(value)}.")
         if spec.check == "target" and value is not None:
             _check_target(preset, key, value)
+            if key == "optimizer":
+                _check_optimizer_args(preset, value)
         if spec.check == "section" and value is not None:
             fields = {f.name: f for f in dataclasses.fields(SECTIONS[key])}
             _check_settings(preset, key, value, fields)
@@ -525,7 +718,35 @@ def _check_target(preset: Preset, key: str, value: Any) -> None:
         )
 
 
+def _check_optimizer_args(preset: Preset, value: dict) -> None:
+    """The optimizer's well-known numeric arguments are numbers in range before torch sees
+    them (``lr: fast`` would otherwise fail deep inside the optimizer's constructor)."""
+    for name, (lo, hi, lo_ok) in NUMERIC_OPTIMIZER_ARGS.items():
+        if name not in value:
+            continue
+        v = value[name]
+        dotted = f"optimizer.{name}"
+        ok = _is_num(v) and math.isfinite(v) and (v >= lo if lo_ok else v > lo) and v <= hi
+        if not ok:
+            rng = f"{'≥' if lo_ok else '>'} {lo:g}" + (f" and ≤ {hi:g}" if hi != math.inf else "")
+            raise preset.error(dotted, f"{dotted} must be a finite number {rng}, got {_kind(v)}.")
+    betas = value.get("betas")
+    if betas is not None and not (
+        isinstance(betas, list)
+        and len(betas) == 2
+        and all(_is_num(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise preset.error(
+            "optimizer.betas",
+            f"optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {_kind(betas)}.",
+        )
+
+
 def _check_stage_list(preset: Preset, value: list) -> None:
+    if not value:
+        raise preset.error(
+            "stages", "stages is empty; name at least one stage, or drop the key for the ladder."
+        )
     for i, name in enumerate(value):
         if not isinstance(name, str) or name not in STAGES:
             raise preset.error(
@@ -552,8 +773,14 @@ def _check_settings(preset: Preset, section: str, value: Any, fields: dict) -> N
         expected = _annotation_fits(fields[key].type, v)
         if expected:
             raise preset.error(dotted, f"{dotted} must be {expected}, got {_kind(v)}.")
+        if _is_num(v) and not math.isfinite(v):
+            raise preset.error(dotted, f"{dotted} must be a finite number, got {v}.")
         if _is_num(v) and v < 0:
             raise preset.error(dotted, f"{dotted} must not be negative, got {v}.")
+        if _is_num(v) and key in POSITIVE_SETTINGS and v <= 0:
+            raise preset.error(dotted, f"{dotted} must be greater than 0, got {v}.")
+        if _is_int(v) and v > MAX_INT:
+            raise preset.error(dotted, f"{dotted} must be at most {MAX_INT}, got {_kind(v)}.")
 
 
 def check_stage_names(names: list[str]) -> list[str]:
