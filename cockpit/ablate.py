@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cockpit.cli import UsageError, parse_sets, parse_stages
+from cockpit.args import UsageError, parse_sets, parse_stages
 from cockpit.launch import create_run, start_engine, stop_many
 from engine.torchfree.ladder import STAGES
 from engine.torchfree.preset import (

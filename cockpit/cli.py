@@ -12,6 +12,7 @@ import sys
 import time
 from typing import NoReturn
 
+from cockpit.args import UsageError, parse_sets, parse_stages
 from engine.torchfree.preset import PresetError
 from engine.torchfree.runfolder import WorkspaceError, check_workspace, disk_full, write_error
 
@@ -26,10 +27,6 @@ EPILOG = """commands:
 
 workspace: --workspace DIR, else $COCKPIT_WORKSPACE, else ./runs
 exit codes: 0 no stage failed · 1 a stage failed, the run died or was killed · 2 bad preset or arguments"""
-
-
-class UsageError(Exception):
-    """Wrong arguments: exit 2 with one sentence."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,23 +145,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------- commands
-
-
-def parse_sets(sets: list[str]) -> dict:
-    from engine.torchfree.preset import parse_override
-
-    return dict(parse_override(s) for s in sets)
-
-
-def parse_stages(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    from engine.torchfree.preset import check_stage_names
-
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise UsageError("--stages needs stage names, e.g. --stages init,overfit_one")
-    return check_stage_names(names)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

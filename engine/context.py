@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -16,13 +17,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine import targets
+from engine.control import StopFlag
+from engine.data import EpochIterator, ForeverSampler
 from engine.torchfree.preset import Preset
 from engine.torchfree.runfolder import RunFolder, StepsAppender
 from engine.torchfree.tasks import DEFAULT_LOSS
-
-
-class Stopped(Exception):
-    """The run was asked to stop (SIGTERM / Ctrl-C); raised at a step boundary."""
 
 
 class UserCodeError(Exception):
@@ -69,9 +68,23 @@ class DataSets:
 
 
 class RunContext:
-    """Built once per engine process; stages ask it for fresh models and loaders."""
+    """What is fixed for the run, built once per engine process (or DDP rank): the preset, the
+    data, the loss, the device, the stop flag. Stages ask it for fresh models and loaders.
 
-    def __init__(self, preset: Preset, folder: RunFolder, stage_names: list[str], request: dict):
+    The runner gives each stage its own view (``for_stage``): the stage's index for the rows
+    it logs, and the verdicts of the stages before it — written by the runner alone."""
+
+    def __init__(
+        self,
+        preset: Preset,
+        folder: RunFolder,
+        stage_names: list[str],
+        request: dict,
+        *,
+        stop: StopFlag | None = None,
+        device: torch.device | None = None,
+        warm: dict | None = None,
+    ):
         self.preset = preset
         self.folder = folder
         self.request = request
@@ -79,21 +92,28 @@ class RunContext:
         self.stage_index = 0
         self.task: str = preset.get("task")
         self.seed: int = preset.get("seed")
-        self.device = resolve_device(preset.get("device"))
-        self.stop_requested = False
+        self.device = device or resolve_device(preset.get("device"))
+        self.precision: str = preset.get("precision") or "fp32"
+        self.stop = stop or StopFlag()
         self.meter = WaitMeter()
-        self.bn_eval = False
         self._steps_out = StepsAppender(folder.file("steps.bin"))
         self._evals_out = None
         self.loss_fn = self._build_loss()
         self.data = self._build_data()
-        self.warm: dict | None = None  # a parent's checkpoint, for a warm fork
-        self.verdicts: dict[str, Any] = {}  # stage name -> Verdict, as the ladder goes
-        self.last_step = 0
+        self.warm = warm  # a parent's checkpoint, for a warm fork
+        self.verdicts: dict[str, Any] = {}  # stage name -> Verdict, recorded by the runner
         self.eval_listeners: list = []  # called as f(step, metrics) after each full-val evaluation
-        self.pruned: dict | None = (
-            None  # set with stop_requested when the pruning rule stops the run
-        )
+
+    def for_stage(self, index: int) -> RunContext:
+        """This run as stage ``index`` sees it: the same data and files, its own stage index."""
+        view = copy.copy(self)
+        view.stage_index = index
+        view.verdicts = dict(self.verdicts)
+        return view
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop.requested
 
     # ---- building ----------------------------------------------------------------
     def seed_everything(self, offset: int = 0) -> None:
@@ -135,7 +155,11 @@ class RunContext:
                 f"{self.preset.where('model')}: model: {self.preset.get('model._target_')} "
                 f"built a {type(model).__name__}, not a torch.nn.Module."
             )
-        return model.to(self.device)
+        model = model.to(self.device)
+        mode = self.preset.get("compile")
+        if mode:  # in place: state_dict keys stay those of the plain model (checkpoints, forks)
+            model.compile(**({} if mode is True else {"mode": mode}))
+        return model
 
     def build_optimizer(
         self, model: nn.Module, *, lr: float | None = None, no_weight_decay: bool = False
@@ -186,14 +210,10 @@ class RunContext:
         )
 
     def train_batches(self, **kw: Any) -> Iterator:
-        from engine.loop import EpochIterator
-
         return EpochIterator(self.train_loader(**kw))
 
     def val_batches(self) -> Iterator:
         """Endless random val batches (no augmentation: the val set is used as it is)."""
-        from engine.loop import ForeverSampler
-
         bs = self.preset.get("val_batch_size") or self.preset.get("batch_size")
         loader = DataLoader(
             self.data.val,
@@ -215,7 +235,6 @@ class RunContext:
 
     # ---- logging -----------------------------------------------------------------
     def log_steps(self, rows: list) -> None:
-        self.last_step = rows[-1].step
         stage = float(self.stage_index)
         self._steps_out.append_many(
             [
@@ -238,12 +257,6 @@ class RunContext:
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         for listener in self.eval_listeners:
             listener(step, metrics)
-
-    def set_bn_eval_if_requested(self, model: nn.Module) -> None:
-        if self.bn_eval:
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
 
 
 def cpu_count() -> int:

@@ -1,25 +1,39 @@
-"""The per-batch training loop every training stage shares.
+"""The training step and the per-batch loop — the only ones in the engine.
 
-Per step: wait for a batch (timed on the host), forward, backward, optimizer step, a forward
-pass on a random val batch, and one row in steps.bin. On CUDA the host never waits on the
-device just to log: both losses are copied into a pinned host slot with ``non_blocking=True``
-and a CUDA event is recorded behind the copy; the row is written when the event has fired,
-usually a step later (``Readback``). The only per-step host sync is none; the loop blocks only
-when the device is ``depth`` steps behind, which also keeps the host from running away.
+Every training stage runs ``train_loop``: one process or one rank of a DDP job alike (DDP is
+something applied to the model and the sampler, see ``engine/distributed/rank.py``). Per step:
+wait for a batch (timed on the host), one ``TrainStep`` (forward, loss, backward, clip,
+optimizer, schedule), a forward pass on a random val batch every ``val_every`` steps, and one
+row in steps.bin.
+
+The host never waits on the device just to log. On CUDA both losses are copied into a pinned
+host slot with ``non_blocking=True`` and a CUDA event is recorded behind the copy; the row is
+read once the event has fired, usually a step later (``Readback``). The one place the loop
+waits on the device is ``Readback.push`` when the device is ``depth`` steps behind: that keeps
+the host from running away, and is where a queue of kernels would drain anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
-from engine.context import RunContext, Stopped
+from engine.control import Stopped
+from engine.data import move
+
+if TYPE_CHECKING:
+    from engine.context import RunContext
+
+READBACK_DEPTH = 4  # steps the host may run ahead of the device before it waits
 
 
 @dataclass
@@ -44,16 +58,18 @@ class _Pending:
     step_s: float
     lr: float
     slot: int
-    start: Any
-    end: Any
 
 
 class Readback:
-    """Brings (train loss, val loss, device time) back to the host without a per-step sync."""
+    """Brings (train loss, val loss, device time) back to the host without a per-step sync.
 
-    def __init__(self, device: torch.device, depth: int = 4):
+    ``in_order=True`` (DDP ranks) releases each row exactly ``depth`` steps after it was
+    pushed, so every rank lands the same rows at the same step."""
+
+    def __init__(self, device: torch.device, depth: int = READBACK_DEPTH, in_order: bool = False):
         self.cuda = device.type == "cuda"
         self.depth = depth
+        self.in_order = in_order
         self.pending: deque[_Pending] = deque()
         if self.cuda:
             self.host = torch.empty((depth, 2), dtype=torch.float32, pin_memory=True)
@@ -66,85 +82,135 @@ class Readback:
         if self.cuda:
             self.starts[self.next_slot].record()
 
-    def push(
-        self,
-        step: int,
-        data_s: float,
-        step_s: float,
-        lr: float,
-        loss: torch.Tensor,
-        vloss: torch.Tensor | None,
-    ) -> list[Row]:
+    def push(self, step: int, data_s: float, step_s: float, lr: float, loss, vloss) -> list[Row]:
         now = time.time()
-        if not self.cuda:
+        if not self.cuda:  # on the CPU a value is ready when the step returns: nothing to wait on
             v = vloss.detach().item() if vloss is not None else math.nan
             return [Row(step, now, loss.detach().item(), v, data_s, step_s, math.nan, lr)]
         slot = self.next_slot
-        pair = torch.stack(
-            [loss.detach().float(), (vloss.detach().float() if vloss is not None else self.nan)]
-        )
-        self.host[slot].copy_(pair, non_blocking=True)
+        v = vloss.detach().float() if vloss is not None else self.nan
+        self.host[slot].copy_(torch.stack([loss.detach().float(), v]), non_blocking=True)
         self.ends[slot].record()
-        self.pending.append(
-            _Pending(step, now, data_s, step_s, lr, slot, self.starts[slot], self.ends[slot])
-        )
+        self.pending.append(_Pending(step, now, data_s, step_s, lr, slot))
         self.next_slot = (slot + 1) % self.depth
-        ready = self.ready()
-        if (
-            len(self.pending) >= self.depth
-        ):  # the device is `depth` steps behind: wait for the oldest
-            self.pending[0].end.synchronize()
-            ready += self.ready()
-        return ready
+        if len(self.pending) >= self.depth:  # the device is `depth` steps behind: wait here
+            self.ends[self.pending[0].slot].synchronize()
+            return [self._pop()] + ([] if self.in_order else self._ready())
+        return [] if self.in_order else self._ready()
 
-    def ready(self) -> list[Row]:
+    def _ready(self) -> list[Row]:
         out = []
-        while self.pending and (not self.cuda or self.pending[0].end.query()):
-            p = self.pending.popleft()
-            tl, vl = self.host[p.slot].tolist()
-            gpu_s = p.start.elapsed_time(p.end) / 1000.0
-            out.append(Row(p.step, p.time, tl, vl, p.data_s, p.step_s, gpu_s, p.lr))
+        while self.pending and self.ends[self.pending[0].slot].query():
+            out.append(self._pop())
         return out
+
+    def _pop(self) -> Row:
+        p = self.pending.popleft()
+        tl, vl = self.host[p.slot].tolist()
+        gpu_s = self.starts[p.slot].elapsed_time(self.ends[p.slot]) / 1000.0
+        return Row(p.step, p.time, tl, vl, p.data_s, p.step_s, gpu_s, p.lr)
 
     def flush(self) -> list[Row]:
         if self.pending:
-            self.pending[-1].end.synchronize()
-        return self.ready()
+            self.ends[self.pending[-1].slot].synchronize()
+        out = []
+        while self.pending:
+            out.append(self._pop())
+        return out
 
 
-class ForeverSampler(torch.utils.data.Sampler):
-    """Endless random permutations of range(n): the random val batch of every step."""
+# ---------------------------------------------------------------- modes a stage can ask for
 
-    def __init__(self, n: int, seed: int):
-        self.n = n
-        self.g = torch.Generator().manual_seed(seed)
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            yield from torch.randperm(self.n, generator=self.g).tolist()
-
-    def __len__(self) -> int:  # pragma: no cover - DataLoader asks only for sized samplers
-        return 2**62
+_FROZEN_BN: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
-class EpochIterator:
-    """Batches from a DataLoader across epochs (re-iterated: persistent_workers matters)."""
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Batchnorm layers of this model stay in eval mode (their init statistics) while training."""
+    _FROZEN_BN.add(model)
 
-    def __init__(self, loader: torch.utils.data.DataLoader):
-        self.loader = loader
-        self.it = iter(loader)
-        self.epoch = 0
 
-    def __iter__(self) -> EpochIterator:
-        return self
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, keeping batchnorm frozen where a stage asked for it."""
+    model.train()
+    if model in _FROZEN_BN:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
-    def __next__(self) -> Any:
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.epoch += 1
-            self.it = iter(self.loader)
-            return next(self.it)
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward and loss: bf16 or fp16 autocast, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- the step
+
+
+class TrainStep:
+    """One optimizer step on one batch: forward, loss, backward, clip, step, schedule.
+
+    ``forward`` is what computes the outputs: the model itself, or its DDP wrapper (which
+    all-reduces the gradients during backward). fp16 gets a gradient scaler."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable,
+        *,
+        device: torch.device,
+        forward: nn.Module | None = None,
+        scheduler: Any = None,
+        grad_clip: float | None = None,
+        precision: str = "fp32",
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.forward = forward if forward is not None else model
+        self.scheduler = scheduler
+        self.grad_clip = grad_clip
+        self.device = device
+        self.precision = precision
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def __call__(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        with autocast(self.device, self.precision):
+            loss = self.loss_fn(self.forward(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss
+
+    @torch.no_grad()
+    def val_loss(self, batch: Any) -> torch.Tensor:
+        """The loss on one val batch, in eval mode, through the bare model (a forward through
+        DDP could sync buffers); the training mode is restored after."""
+        x, y = batch
+        self.model.eval()
+        with autocast(self.device, self.precision):
+            loss = self.loss_fn(self.model(x), y)
+        train_mode(self.model)
+        return loss
+
+
+# ---------------------------------------------------------------- the loop
 
 
 @dataclass
@@ -170,20 +236,25 @@ class LoopResult:
     def steps(self) -> int:
         return len(self.rows)
 
+    @property
+    def last_step(self) -> int | None:
+        return self.rows[-1].step if self.rows else None
 
-def move(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: move(v, device) for k, v in batch.items()}
-    return batch
+
+class Lockstep:
+    """Stop decisions for one process: each wish holds at once. Under DDP every rank must stop
+    at the same step; ``engine.distributed.rank.RankLockstep`` shares the wishes instead."""
+
+    shared = False  # True: rows are released in a fixed order, the same step on every rank
+
+    def decide(self, stop: bool, ended: bool, late: bool) -> tuple[bool, bool, bool]:
+        """(stop requested, a loss ended the loop, past the time guard) — on any rank."""
+        return stop, ended, late
 
 
 def train_loop(
     ctx: RunContext,
-    model: torch.nn.Module,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterator,
     *,
@@ -197,85 +268,89 @@ def train_loop(
     every: Callable[[int], None] | None = None,
     every_n: int = 0,
     log: bool = True,
+    forward: nn.Module | None = None,
+    lockstep: Lockstep | None = None,
 ) -> LoopResult:
-    """Train for ``steps`` steps (or ``seconds``), logging every batch; stops early when
-    ``until(row)`` holds or a loss stops being finite. ``every(step)`` runs each ``every_n``
-    steps (full-val metrics, checkpoints). ``log=False`` keeps the rows out of steps.bin
-    (a measurement, not training: the speed stage)."""
+    """Train for ``steps`` steps (``seconds`` is a guard against hangs), logging every batch.
+
+    Stops early when ``until(row)`` holds or a loss stops being finite; nothing after that
+    row is logged. ``every(step)`` runs each ``every_n`` steps (full-val metrics,
+    checkpoints). ``log=False`` keeps the rows out of steps.bin (a measurement, not
+    training). Under DDP, ``forward`` is the wrapped model and ``lockstep`` makes every
+    rank stop at the same step. A stop request raises ``Stopped`` at a step boundary."""
     device = ctx.device
-    loss_fn = ctx.loss_fn
-    readback = Readback(device)
+    step_fn = TrainStep(
+        model,
+        optimizer,
+        ctx.loss_fn,
+        device=device,
+        forward=forward,
+        scheduler=scheduler,
+        grad_clip=ctx.preset.get("grad_clip"),
+        precision=ctx.precision,
+    )
+    lockstep = lockstep or Lockstep()
+    readback = Readback(device, in_order=lockstep.shared)
     result = LoopResult()
-    grad_clip = ctx.preset.get("grad_clip")
-    model.train()
-    ctx.set_bn_eval_if_requested(model)
+    train_mode(model)
     t_start = time.perf_counter()
     deadline = t_start + seconds if seconds else math.inf
 
-    def land(rows: list[Row]) -> bool:
-        """Log rows that reached the host; True when the loop should stop."""
-        if not rows:
-            return False
-        if log:
-            ctx.log_steps(rows)
-        result.rows.extend(rows)
+    def land(rows: list[Row]) -> None:
+        """Keep the rows that reached the host, up to the first one that ends the loop."""
+        kept = []
         for r in rows:
-            if not math.isfinite(r.train_loss) or (
-                not math.isnan(r.val_loss) and not math.isfinite(r.val_loss)
-            ):
+            if result.stopped != "steps":
+                break  # decided already: what the device ran after that is not logged
+            kept.append(r)
+            bad_train = not math.isfinite(r.train_loss)
+            if bad_train or (not math.isnan(r.val_loss) and not math.isfinite(r.val_loss)):
                 result.stopped = "nonfinite"
                 result.nonfinite_step = r.step
-                result.nonfinite_what = "train" if not math.isfinite(r.train_loss) else "val"
-                return True
-            if until is not None and until(r):
+                result.nonfinite_what = "train" if bad_train else "val"
+            elif until is not None and until(r):
                 result.stopped = "target"
-                return True
-        return False
+        if kept:
+            result.rows.extend(kept)
+            if log:
+                ctx.log_steps(kept)
 
     step = start_step
     t_prev = time.perf_counter()
     for i in range(steps):
-        if ctx.stop_requested:
+        ended = result.stopped in ("nonfinite", "target")
+        stop, ended, late = lockstep.decide(
+            ctx.stop.requested, ended, time.perf_counter() > deadline
+        )
+        if stop:
             land(readback.flush())
-            raise Stopped()
+            raise Stopped(result.last_step)
+        if ended and result.stopped == "steps":  # another rank's loss stopped being finite
+            result.stopped, result.nonfinite_step = "nonfinite", step
+            result.nonfinite_what = "train loss on another rank"
+        if ended:
+            break
+        if late:
+            result.stopped = "seconds"
+            break
         readback.step_started()
         t0 = time.perf_counter()
-        x, y = move(next(batches), device)
+        batch = move(next(batches), device)
         t1 = time.perf_counter()
-        out = model(x)
-        loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        loss = step_fn(batch)
         vloss = None
-        if val_batches is not None and val_every and (i % val_every == 0):
-            vx, vy = move(next(val_batches), device)
-            model.eval()
-            with torch.no_grad():
-                vloss = loss_fn(model(vx), vy)
-            model.train()
-            ctx.set_bn_eval_if_requested(model)
+        if val_batches is not None and val_every and i % val_every == 0:
+            vloss = step_fn.val_loss(move(next(val_batches), device))
         step += 1
         now = time.perf_counter()
-        data_s = t1 - t0
-        ctx.meter.add(data_s, now - t_prev)
-        stop = land(
-            readback.push(step, data_s, now - t_prev, optimizer.param_groups[0]["lr"], loss, vloss)
-        )
+        ctx.meter.add(t1 - t0, now - t_prev)
+        lr = optimizer.param_groups[0]["lr"]
+        land(readback.push(step, t1 - t0, now - t_prev, lr, loss, vloss))
         t_prev = now
-        if stop:
-            break
         if every is not None and every_n and step % every_n == 0:
             land(readback.flush())
             every(step)
             t_prev = time.perf_counter()
-        if now > deadline:
-            result.stopped = "seconds"
-            break
     land(readback.flush())
     result.seconds = time.perf_counter() - t_start
     result.data_s = sum(r.data_s for r in result.rows)

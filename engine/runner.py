@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -23,13 +24,24 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from engine.control import StopFlag
 from engine.torchfree.ladder import STAGES, stage_settings
 from engine.torchfree.preset import Preset, PresetError, loads, override_origin, validate
-from engine.torchfree.runfolder import JsonlAppender, RunFolder
+from engine.torchfree.runfolder import (
+    JsonlAppender,
+    RunFolder,
+    is_disk_error,
+    release_reserve,
+    remove_temp_files,
+    write_error,
+)
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    try:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    except OSError:  # engine.log on a full disk: the summary still gets the reason
+        pass
 
 
 class Runner:
@@ -38,8 +50,7 @@ class Runner:
         self.request = folder.request()
         self.summary: dict[str, Any] = folder.summary() or {}
         self.events = JsonlAppender(folder.file("events.jsonl"))
-        self.stop_requested = False
-        self.ctx = None
+        self.stop = StopFlag()  # the one stop flag: the loop, the queue and the pruner read it
         self.lease = None
 
     # ---- bookkeeping -------------------------------------------------------------
@@ -51,22 +62,23 @@ class Runner:
         self.folder.write_summary(self.summary)
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        self.stop_requested = True
-        if self.ctx is not None:
-            self.ctx.stop_requested = True
+        self.stop.request()
         log(f"received {signal.Signals(signum).name}: stopping at the next step boundary")
 
     # ---- the run -----------------------------------------------------------------
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_signal)
-        self.save(status="queued", pid=os.getpid(), host=socket.gethostname())
         try:
+            self.save(status="queued", pid=os.getpid(), host=socket.gethostname())
             code = self._run()
-        except BaseException as e:  # a bug in the engine: log it, record it
+        except BaseException as e:  # a bug in the engine (or a full disk): log it, record it
             log("engine crashed:\n" + traceback.format_exc())
             self.finish(
-                "error", f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)"
+                "error",
+                write_error(e)
+                if is_disk_error(e)
+                else f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)",
             )
             code = 1
         return code
@@ -78,12 +90,12 @@ class Runner:
             self.lease = slots.acquire(
                 self.folder,
                 self.request,
-                lambda: self.stop_requested,
+                lambda: self.stop.requested,
                 on_wait=lambda place: self.save(status="queued", **place),
             )
         except slots.SlotError as e:
             return self.finish("error", str(e), error_kind="preset")
-        if self.lease is None or self.stop_requested:
+        if self.lease is None or self.stop.requested:
             return self.finish("killed", "stopped while queued")
         os.environ.update(self.lease.env)  # CUDA_VISIBLE_DEVICES before torch is imported
         self.save(
@@ -139,16 +151,15 @@ class Runner:
     def ladder(self, preset: Preset) -> int:
         import torch  # noqa: F401 - the first heavy import, after the slot is ours
 
-        from engine.context import RunContext, Stopped, UserCodeError
-        from engine.ddp import world_size
-        from engine.stages.base import Verdict
+        from engine.context import RunContext, UserCodeError
+        from engine.distributed.common import world_size
 
         names = list(self.request.get("stages") or preset.stages())
         if world_size(preset) > 1 and not self.request.get("stages") and "multi_gpu" not in names:
             names.append("multi_gpu")  # gpus > 1: the ladder ends by checking DDP itself
         self.save(stages=[], stage_names=names)
         try:
-            ctx = RunContext(preset, self.folder, names, self.request)
+            ctx = RunContext(preset, self.folder, names, self.request, stop=self.stop)
         except UserCodeError as e:
             self.event("error", kind="data", message=str(e))
             return self.finish("failed", f"building the data failed: {e}")
@@ -159,8 +170,6 @@ class Runner:
             msg = f"building the data failed: {type(e).__name__}: {e} (traceback in engine.log)"
             self.event("error", kind="data", message=msg)
             return self.finish("failed", msg)
-        self.ctx = ctx
-        ctx.stop_requested = self.stop_requested
         from engine.torchfree import pruning
 
         pruning.attach(ctx, self.request)
@@ -176,7 +185,7 @@ class Runner:
         if warm:
             from engine import checkpoint
 
-            ctx.warm = checkpoint.load(warm, ctx.device)
+            ctx.warm = checkpoint.load(warm, ctx.device)  # before any stage: fixed for the run
         from engine.telemetry import TelemetrySampler
 
         sampler = TelemetrySampler(self.folder.file("telemetry.jsonl"), ctx.meter, ctx.device)
@@ -184,11 +193,11 @@ class Runner:
         status, reason = "passed", ""
         try:
             for i, name in enumerate(names):
-                ctx.stage_index = i
-                verdict, seconds = self.run_stage(ctx, name, Verdict, Stopped, UserCodeError)
+                verdict, seconds = self.run_stage(ctx.for_stage(i), name)
                 if verdict is None:
-                    if ctx.pruned:
-                        return self.finish("killed", ctx.pruned["reason"], pruned=ctx.pruned)
+                    pruned = self.stop.pruned
+                    if pruned:
+                        return self.finish("killed", pruned["reason"], pruned=pruned)
                     return self.finish("killed", f"stopped during {name}")
                 record = {"name": name, **verdict.to_json(), "seconds": round(seconds, 2)}
                 self.summary["stages"].append(record)
@@ -203,13 +212,19 @@ class Runner:
                     status = "error" if crashed else "failed"
                     reason = f"{name}: {verdict.reason}"
                     break
-                if self.stop_requested:
+                if self.stop.requested:
                     return self.finish("killed", f"stopped after {name}")
         finally:
             sampler.stop()
         return self.finish(status, reason)
 
-    def run_stage(self, ctx, name: str, Verdict, Stopped, UserCodeError):
+    def run_stage(self, ctx, name: str) -> tuple[Any, float]:
+        """(the stage's verdict, seconds), or (None, 0) when the run was stopped during it."""
+        from engine.context import UserCodeError
+        from engine.control import Stopped
+        from engine.distributed.common import world_size
+        from engine.stages.base import Check, Verdict, crash_verdict
+
         spec = STAGES[name]
         module, _, cls = spec.impl.partition(":")
         stage = getattr(importlib.import_module(module), cls)(
@@ -220,7 +235,14 @@ class Runner:
         log(f"{name}: started")
         t0 = time.perf_counter()
         try:
-            verdict = stage.run(ctx)
+            if stage.distributed and world_size(ctx.preset) > 1:
+                from engine.distributed import launch
+
+                result = launch.run_on_ranks(ctx, name)
+                crashed = result.get("status") == "crashed"
+                verdict = crash_verdict(result) if crashed else stage.from_ranks(ctx, result)
+            else:
+                verdict = stage.run(ctx)
         except Stopped:
             return None, 0.0
         except PresetError:
@@ -228,10 +250,8 @@ class Runner:
         except UserCodeError as e:
             verdict = Verdict("fail", str(e))
         except Exception as e:
-            if self.stop_requested:  # e.g. a DataLoader worker killed by the same signal
+            if self.stop.requested:  # e.g. a DataLoader worker killed by the same signal
                 return None, 0.0
-            from engine.stages.base import Check
-
             log(f"{name} crashed:\n" + traceback.format_exc())
             where = _user_frame(e)
             verdict = Verdict(
@@ -242,8 +262,17 @@ class Runner:
         return verdict, time.perf_counter() - t0
 
     def finish(self, status: str, reason: str, **extra: Any) -> int:
-        self.save(status=status, reason=reason, ended=time.time(), current_stage=None, **extra)
-        self.event("run_end", status=status, reason=reason)
+        release_reserve(self.folder.path)  # the room kept for these last words
+        try:
+            self.save(status=status, reason=reason, ended=time.time(), current_stage=None, **extra)
+            self.event("run_end", status=status, reason=reason)
+        except OSError as e:  # a full disk: drop our temp files, record why, and go
+            remove_temp_files(self.folder.path, os.getpid())
+            status, reason = "error", write_error(e)
+            try:
+                self.save(status=status, reason=reason, ended=time.time(), current_stage=None)
+            except OSError:
+                log(f"could not record the end of the run: {reason}")
         log(f"run {status}" + (f": {reason}" if reason else ""))
         if extra.get("error_kind") == "preset":
             return 2
@@ -251,19 +280,55 @@ class Runner:
 
 
 def _first_line(e: BaseException) -> str:
+    if is_disk_error(e):
+        return write_error(e)
+    worker = _worker_failure(e)
+    if worker:  # the original exception's last line, not "Caught KeyError in DataLoader ..."
+        last = worker[1]
+        prefix = f"{type(e).__name__}: "
+        return last[len(prefix) :] if last.startswith(prefix) else last
     text = str(e).strip().splitlines()
     return text[0] if text else ""
 
 
 def _user_frame(e: BaseException) -> str:
-    """' (in mytask.py:42, forward)' — the innermost frame outside torch and the engine."""
+    """' (in mytask.py:42, forward)' — the innermost frame outside torch and the engine. For
+    an exception torch re-raised from a DataLoader worker, the frame comes from the worker's
+    traceback text, and the worker is named."""
+    worker = _worker_failure(e)
+    if worker:
+        where, _last, frames = worker
+        for f, line, name in reversed(frames):
+            if not _ours_or_libraries(f):
+                return f" (in {Path(f).name}:{line}, {name}; in {where})"
+        return f" (in {where})"
     tb = traceback.extract_tb(e.__traceback__)
     for frame in reversed(tb):
-        f = frame.filename
-        if "site-packages" in f or f"{os.sep}engine{os.sep}" in f or f.startswith("<"):
+        if _ours_or_libraries(frame.filename):
             continue
-        return f" (in {Path(f).name}:{frame.lineno}, {frame.name})"
+        return f" (in {Path(frame.filename).name}:{frame.lineno}, {frame.name})"
     return ""
+
+
+def _ours_or_libraries(f: str) -> bool:
+    return "site-packages" in f or f"{os.sep}engine{os.sep}" in f or f.startswith("<")
+
+
+_FRAME = re.compile(r'^\s*File "(.+)", line (\d+), in (.+)$')
+
+
+def _worker_failure(e: BaseException) -> tuple[str, str, list[tuple[str, str, str]]] | None:
+    """(which worker, the original exception's last line, its frames) for an exception torch
+    re-raised from a DataLoader worker ("Caught KeyError in DataLoader worker process 1.
+    Original Traceback ..."), else None."""
+    text = str(e).strip()
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    lines = [line for line in text.splitlines() if line.strip()]
+    head = lines[0].removeprefix("Caught ").rstrip(".")
+    where = head.split(" in ", 1)[1] if " in " in head else "a DataLoader worker"
+    frames = [m.groups() for m in map(_FRAME.match, lines) if m]
+    return where, lines[-1].strip(), frames
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.torchfree.preset import PresetError, check_stage_names, parse_override
+from engine.torchfree.preset import PresetError, parse_override, parse_stage_list
 from engine.torchfree.runfolder import iter_runs
 
 
@@ -64,5 +64,4 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 def parse_stages(text: str) -> list[str] | None:
     """'init, overfit_one' -> ['init', 'overfit_one']; empty -> None (the preset's ladder)."""
-    names = [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
-    return check_stage_names(names) if names else None
+    return parse_stage_list(text)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.context import RunContext
+if TYPE_CHECKING:
+    from engine.context import RunContext
+    from engine.distributed.rank import Ranks
 
 ORDER = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
 
@@ -39,6 +41,12 @@ class Verdict:
             },
         }
 
+    @classmethod
+    def from_json(cls, d: dict) -> Verdict:
+        checks = [Check(c["name"], c["status"], c["detail"]) for c in d.get("checks", [])]
+        metrics = {k: v for k, v in (d.get("metrics") or {}).items() if v is not None}
+        return cls(d["status"], d["reason"], checks, metrics)
+
 
 def worst(checks: list[Check]) -> str:
     status = "pass"
@@ -61,15 +69,35 @@ def from_checks(checks: list[Check], metrics: dict[str, float], ok_reason: str) 
 
 
 class Stage:
-    """Subclasses set ``name`` and implement ``run``."""
+    """Subclasses set ``name`` and implement ``run``.
+
+    A stage that also runs under DDP (``gpus`` > 1) sets ``distributed`` and implements
+    ``run_rank``: the runner then starts it on every rank through torchrun, and turns rank 0's
+    result into the verdict with ``from_ranks``. Nothing else is needed."""
 
     name: ClassVar[str] = ""
+    distributed: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings
 
     def run(self, ctx: RunContext) -> Verdict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def run_rank(self, ctx: RunContext, ranks: Ranks) -> dict | None:  # pragma: no cover
+        """On each rank of a DDP job; rank 0's JSON-able result goes to ``from_ranks``."""
+        raise NotImplementedError
+
+    def from_ranks(self, ctx: RunContext, result: dict) -> Verdict:
+        return Verdict.from_json(result["verdict"])
+
+
+def crash_verdict(result: dict) -> Verdict:
+    """The verdict of a DDP stage whose ranks crashed."""
+    reason = (
+        f"DDP on {result['world']} processes crashed: {result['error']} (traceback in engine.log)"
+    )
+    return Verdict("fail", reason, [Check("ddp_runs", "fail", reason)])
 
 
 def fmt(x: float | None, digits: int = 3) -> str:

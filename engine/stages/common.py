@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from engine.context import RunContext, UserCodeError
-from engine.loop import LoopResult, move
+from engine.data import move
+from engine.loop import LoopResult, freeze_batchnorm
 from engine.stages.base import fmt
 
 
@@ -32,7 +34,8 @@ def switch_off_regularizers(ctx: RunContext, model: nn.Module) -> str:
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.p = 0.0
-    ctx.bn_eval = bool(found["batchnorm"])
+    if found["batchnorm"]:
+        freeze_batchnorm(model)  # for this model only: the next stage builds a fresh one
     parts = []
     if found["dropout"]:
         parts.append(f"dropout ×{len(found['dropout'])} set to p=0")
@@ -120,3 +123,89 @@ def tail_mean(xs: list[float], n: int = 10) -> float:
 def head_mean(xs: list[float], n: int = 10) -> float:
     head = [x for x in xs[:n] if math.isfinite(x)]
     return sum(head) / len(head) if head else math.nan
+
+
+# ---------------------------------------------------------------- what a curve shows
+
+
+@dataclass
+class CurveShape:
+    """What a train-loss curve did, measured against the loss's floor.
+
+    ``kind``: reached | falling | plateau | barely | diverged | oscillating | short.
+    Gaps are distances to the floor, so a negative or offset loss is judged by its progress,
+    never by a fraction of its start."""
+
+    kind: str
+    start: float
+    end: float  # mean of the last few values
+    lowest: float
+    lowest_step: int
+    floor: float
+    progress: float  # share of the way from the start down to the floor, at the end
+    steps: int
+    more_steps: float = math.nan  # steps still needed at the current rate (kind falling)
+    since: int | None = None  # where divergence began / oscillation shows
+    rises: int = 0
+
+    def curve(self) -> str:
+        return (
+            f"{fmt(self.start)} → {fmt(self.end)} (lowest {fmt(self.lowest)} at step "
+            f"{self.lowest_step})"
+        )
+
+
+def curve_shape(rows: list, floor: float, target: float, reached: bool = False) -> CurveShape:
+    """Classify a train-loss curve: how far it got towards ``floor``, and whether it is still
+    falling (then how many more steps it needs to reach ``target`` at its current rate)."""
+    pts = [(r.step, r.train_loss) for r in rows if math.isfinite(r.train_loss)]
+    if not pts:
+        return CurveShape("short", math.nan, math.nan, math.nan, 0, floor, 0.0, 0)
+    steps = [s for s, _ in pts]
+    losses = [v for _, v in pts]
+    start = losses[0]
+    n = len(losses)
+    tail = losses[-max(3, n // 10) :]
+    end = sum(tail) / len(tail)
+    lo_step, lo = min(pts, key=lambda t: t[1])
+    g0 = max(start - floor, 1e-12)
+    progress = (start - end) / g0
+    shape = CurveShape("plateau", start, end, lo, lo_step, floor, progress, n)
+    if reached:
+        shape.kind = "reached"
+        return shape
+    if n < 6:
+        shape.kind = "short"
+        return shape
+    # rises bigger than a tenth of the way down, in the second half: an unstable step size
+    half = losses[n // 2 :]
+    rises = [i for i in range(1, len(half)) if half[i] - half[i - 1] > 0.1 * g0]
+    shape.rises = len(rises)
+    if end - floor > 1.5 * g0:
+        shape.kind = "diverged"
+        over = next((s for s, v in pts if v - floor > 1.5 * g0), steps[-1])
+        shape.since = over
+        return shape
+    if len(rises) >= 3 and progress < 0.9:
+        shape.kind = "oscillating"
+        shape.since = steps[n // 2 + rises[0]]
+        return shape
+    w = max(6, n // 3)
+    window = [v - floor for v in losses[-w:]]
+    m1 = sum(window[: w // 2]) / (w // 2)
+    m2 = sum(window[w // 2 :]) / (w - w // 2)
+    spread = max(window) - min(window)
+    falling = m2 < 0.95 * m1 and (m1 - m2) > 0.02 * g0 and (m1 - m2) > 0.1 * spread
+    if progress < 0.1 and not (falling and progress > 0.02):
+        shape.kind = "barely"
+        return shape
+    if falling:
+        shape.kind = "falling"
+        need = max(target - floor, 1e-12)
+        if m2 > need and m1 > 0 and m2 > 0:
+            rate = math.log(m1 / m2) / (w / 2)  # per step, in log space
+            shape.more_steps = math.log(m2 / need) / rate if rate > 0 else math.inf
+        else:
+            shape.more_steps = 0.0
+        return shape
+    return shape

@@ -14,7 +14,8 @@ import time
 import torch
 
 from engine.context import RunContext, cpu_count
-from engine.loop import move, train_loop
+from engine.data import EpochIterator, move
+from engine.loop import TrainStep, train_loop, train_mode
 from engine.stages.base import Check, Stage, Verdict, from_checks, secs
 
 
@@ -38,8 +39,6 @@ class SpeedStage(Stage):
         t_first = time.perf_counter() - t0
         n, t0 = 0, time.perf_counter()
         deadline = t0 + s.seconds
-        from engine.loop import EpochIterator
-
         data_iter = EpochIterator(loader)
         data_iter.it = it
         while n < s.batches and time.perf_counter() < deadline:
@@ -50,18 +49,21 @@ class SpeedStage(Stage):
         metrics["data_s_per_batch"] = data_s
         metrics["first_batch_s"] = t_first
 
-        # compute only: one batch replayed, forward + backward + step
+        # compute only: one batch replayed through the training step
         model = ctx.build_model()
         optimizer = ctx.build_optimizer(model)
-        x, y = move(first, ctx.device)
-        model.train()
+        step = TrainStep(
+            model, optimizer, ctx.loss_fn, device=ctx.device, precision=ctx.precision
+        )
+        batch = move(first, ctx.device)
+        train_mode(model)
         for _ in range(2):  # warm-up: kernels, allocator, lazy init
-            self._step(ctx, model, optimizer, x, y)
+            step(batch)
         _sync(ctx.device)
         n, t0 = 0, time.perf_counter()
         deadline = t0 + s.seconds
         while n < s.batches and time.perf_counter() < deadline:
-            self._step(ctx, model, optimizer, x, y)
+            step(batch)
             n += 1
         _sync(ctx.device)
         compute_s = (time.perf_counter() - t0) / max(n, 1)
@@ -103,12 +105,6 @@ class SpeedStage(Stage):
         if verdict.status != "pass":
             verdict.reason = f"{verdict.reason} · {summary}"
         return verdict
-
-    def _step(self, ctx, model, optimizer, x, y) -> None:
-        loss = ctx.loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
     def check_batch_time(self, step_s: float) -> Check:
         limit = self.settings.max_batch_s

@@ -1,29 +1,47 @@
 """Plain training: ``train.steps`` steps, every batch logged, a random val batch every
 ``val_every`` steps, full-val metrics every ``eval_every``, checkpoints, no early stop.
-Ablations and forks run this stage; a warm fork continues the parent's step count."""
+Ablations and forks run this stage; a warm fork continues the parent's step count.
+
+With ``gpus`` > 1 the same code runs on every rank (``run_rank``): the model wrapped in DDP,
+the train set sharded, rank 0 alone logging and saving; full-val metrics are computed by every
+rank on the whole val set (the same numbers, no communication, nobody left in a collective).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from engine import checkpoint
-from engine.context import RunContext, Stopped
+from engine.context import RunContext
+from engine.control import Stopped
 from engine.loop import LoopResult, train_loop
 from engine.metrics import evaluate
 from engine.stages.base import Check, Stage, Verdict, fmt
 from engine.stages.common import head_mean, nonfinite_reason, tail_mean
 from engine.torchfree.tasks import MAIN_METRIC
 
+if TYPE_CHECKING:
+    from engine.distributed.rank import Ranks
+
 
 class TrainStage(Stage):
     name = "train"
+    distributed = True
 
     def run(self, ctx: RunContext) -> Verdict:
-        from engine import ddp
+        return self.train(ctx, None)
 
-        if ddp.world_size(ctx.preset) > 1:  # gpus > 1: train under DDP, one process per GPU
-            return ddp.train_verdict(ddp.run_stage(ctx, self.name))
+    def run_rank(self, ctx: RunContext, ranks: Ranks) -> dict | None:
+        try:
+            verdict = self.train(ctx, ranks)
+        except Stopped:
+            return {"status": "stopped", "pruned": ctx.stop.pruned} if ranks.lead else None
+        return {"status": "done", "verdict": verdict.to_json()} if ranks.lead else None
+
+    def train(self, ctx: RunContext, ranks: Ranks | None) -> Verdict:
         s = self.settings
+        lead = ranks is None or ranks.lead
         model, optimizer, scheduler, start_step, checks = prepare(ctx)
         val_loader = ctx.val_loader()
         last_eval: dict = {}
@@ -32,44 +50,48 @@ class TrainStage(Stage):
             if s.eval_every and step % s.eval_every == 0:
                 last_eval.clear()
                 last_eval.update(evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device))
-                ctx.log_eval(step, last_eval)
-                ctx.on_eval(step, last_eval)
-            if s.checkpoint_every and step % s.checkpoint_every == 0:
+                if lead:
+                    ctx.log_eval(step, last_eval)
+                    ctx.on_eval(step, last_eval)
+            if lead and s.checkpoint_every and step % s.checkpoint_every == 0:
                 checkpoint.save(ctx.folder, model, optimizer, step, self.name)
 
-        every = math.gcd(s.eval_every or 0, s.checkpoint_every or 0)
         try:
             result = train_loop(
                 ctx,
                 model,
                 optimizer,
-                ctx.train_batches(),
+                ranks.train_batches(ctx) if ranks else ctx.train_batches(),
                 steps=s.steps,
                 seconds=s.seconds,
-                val_batches=ctx.val_batches() if s.val_every else None,
+                val_batches=ctx.val_batches() if s.val_every and lead else None,
                 val_every=s.val_every,
                 scheduler=scheduler,
                 start_step=start_step,
                 every=periodic,
-                every_n=every,
+                every_n=math.gcd(s.eval_every or 0, s.checkpoint_every or 0),
+                log=lead,
+                forward=ranks.wrap(model) if ranks else None,
+                lockstep=ranks.lockstep() if ranks else None,
             )
-        except Stopped:
-            step = ctx.last_step
-            if step > start_step:
-                checkpoint.save(ctx.folder, model, optimizer, step, self.name)
+        except Stopped as stop:
+            if lead and stop.step is not None and stop.step > start_step:
+                checkpoint.save(ctx.folder, model, optimizer, stop.step, self.name)
             raise
-        end_step = result.rows[-1].step if result.rows else start_step
+        end_step = result.last_step or start_step
         if result.stopped == "nonfinite":
-            return Verdict(
-                "fail",
-                nonfinite_reason(result, optimizer.param_groups[0]["lr"]),
-                checks,
-                {"steps": result.steps},
-            )
+            lr = optimizer.param_groups[0]["lr"]
+            return Verdict("fail", nonfinite_reason(result, lr), checks, {"steps": result.steps})
+        if not lead:
+            return Verdict("pass", "")
         checkpoint.save(ctx.folder, model, optimizer, end_step, self.name)
         final = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
         ctx.log_eval(end_step, final)
-        return summarize(result, final, end_step, checks, ctx.task)
+        verdict = summarize(result, final, end_step, checks, ctx.task)
+        if ranks is not None:
+            verdict.reason += f" (DDP: {ranks.world} processes, {ranks.backend})"
+            verdict.metrics["world_size"] = ranks.world
+        return verdict
 
 
 def prepare(ctx: RunContext) -> tuple:

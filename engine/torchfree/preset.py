@@ -783,6 +783,17 @@ def _check_settings(preset: Preset, section: str, value: Any, fields: dict) -> N
             raise preset.error(dotted, f"{dotted} must be at most {MAX_INT}, got {_kind(v)}.")
 
 
+def parse_stage_list(text: str | None) -> list[str] | None:
+    """'init, overfit_one' or 'init overfit_one' -> ['init', 'overfit_one'], validated; empty
+    text -> None (the preset's own ladder). The one parser of --stages and the app's field."""
+    if text is None or not text.strip():
+        return None
+    names = [s for s in re.split(r"[,\s]+", text) if s]
+    if not names:
+        raise PresetError("--stages needs stage names, e.g. --stages init,overfit_one")
+    return check_stage_names(names)
+
+
 def check_stage_names(names: list[str]) -> list[str]:
     """Validate ``--stages a,b``; raise PresetError with a suggestion."""
     for name in names:

@@ -171,16 +171,15 @@ class MedianPruner:
 def attach(ctx: Any, request: dict) -> MedianPruner | None:
     """Listen to ``ctx``'s evaluations when the run belongs to a group and its preset prunes.
 
-    A decision sets ``ctx.pruned`` and ``ctx.stop_requested``: the loop stops at the next step
-    boundary (under DDP, at the ranks' next common decision point)."""
+    A decision requests a stop on ``ctx.stop`` with its reason: the loop stops at the next step
+    boundary (under DDP, every rank at the same step)."""
     settings = settings_of(ctx.preset)
     group = request.get("group")
     if settings.rule != "median" or not group:
         return None
 
     def stop(decision: Decision) -> None:
-        ctx.pruned = decision.to_json()
-        ctx.stop_requested = True
+        ctx.stop.request(pruned=decision.to_json())
 
     peers = GroupPeers(ctx.folder.path.parent, group, ctx.folder.run_id)
     pruner = MedianPruner(
