@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             from cockpit.app import run_app
 
             return run_app(args.workspace)
+        if getattr(args, "stages", None) is not None and not args.stages.strip():
+            raise UsageError(
+                "--stages is empty (an unset variable?); name stages, e.g. --stages init,train, "
+                "or leave --stages out for the whole ladder."
+            )
         handler = {
             "run": cmd_run,
             "ls": cmd_ls,

@@ -124,7 +124,15 @@ class RunContext:
     def _build_loss(self) -> nn.Module:
         if self.preset.get("loss") is None:
             self.preset.data["loss"] = {"_target_": DEFAULT_LOSS[self.task]}
-        return targets.instantiate(self.preset, "loss").to(self.device)
+        loss = targets.instantiate(self.preset, "loss")
+        problem = targets.not_a_loss(loss)
+        if problem:  # e.g. a layer or the data function given as the loss
+            raise targets.PresetError(
+                f"{self.preset.where('loss._target_')}: loss: {self.preset.get('loss._target_')} "
+                f"{problem}; a loss is a torch.nn.Module called as loss(output, target), e.g. "
+                "_target_: torch.nn.CrossEntropyLoss."
+            )
+        return loss.to(self.device)
 
     def _build_data(self) -> DataSets:
         self.seed_everything()

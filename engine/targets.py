@@ -125,6 +125,31 @@ def _check_signature(preset: Preset, key: str, fn: Any, args: tuple, kwargs: dic
         ) from None
 
 
+def not_a_loss(obj: Any) -> str:
+    """'' when ``obj`` can be the loss (a torch module called with output and target), else
+    what it is instead, e.g. 'built a Linear, a layer whose forward takes one input'."""
+    from torch import nn
+
+    if isinstance(obj, nn.modules.loss._Loss):
+        return ""
+    if not isinstance(obj, nn.Module):
+        kind = "function" if inspect.isfunction(obj) else type(obj).__name__
+        return f"built a {kind}, not a loss"
+    try:
+        params = list(inspect.signature(obj.forward).parameters.values())
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return ""
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return (
+            f"built a {type(obj).__name__}, a module whose forward takes "
+            f"{'one input' if positional else 'no input'} — a layer, not a loss"
+        )
+    return ""
+
+
 def spec_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
 
