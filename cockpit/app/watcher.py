@@ -143,6 +143,10 @@ class WorkspaceWatcher:
 
     ``post`` receives Messages (the app's ``post_message``, which is thread-safe)."""
 
+    sources: tuple = ()
+    """More runs than the workspace's: objects whose ``scan()`` returns {run id: run folder},
+    e.g. a TensorBoard log directory mirrored as run folders (``cockpit --tensorboard DIR``)."""
+
     def __init__(
         self,
         workspace: Path,
@@ -217,11 +221,18 @@ class WorkspaceWatcher:
             }
         except FileNotFoundError:
             names = set()
+        elsewhere: dict[str, Path] = {}
+        for source in self.sources:
+            with contextlib.suppress(Exception):  # a broken log directory never stops the app
+                elsewhere.update(source.scan())
+        names |= set(elsewhere)
         changed = names != set(self.trackers)
         for name in set(self.trackers) - names:
             del self.trackers[name]
         for name in names - set(self.trackers):
-            self.trackers[name] = RunTracker(RunFolder(self.workspace / name))
+            self.trackers[name] = RunTracker(
+                RunFolder(elsewhere.get(name) or self.workspace / name)
+            )
         for tracker in self.trackers.values():
             changed |= tracker.poll(now)
         if changed or self._post_next_scan:
