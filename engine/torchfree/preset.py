@@ -480,6 +480,8 @@ def read_preset_text(path: Path) -> str:
         os.close(fd)
     if len(raw) > MAX_PRESET_BYTES:  # a file that grew (or lies about its size)
         raise PresetError(f"{path}: is larger than {MAX_PRESET_BYTES >> 20} MB; not a preset.")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise PresetError(f"{path}: is UTF-16 text; save the preset as UTF-8.")
     if b"\0" in raw:
         raise PresetError(f"{path}: holds NUL bytes, so it is binary, not a YAML preset.")
     try:
