@@ -24,6 +24,8 @@ EPILOG = """commands:
   cockpit fork RUN --set K=V       a child run from RUN's resolved preset (--warm: from its checkpoint)
   cockpit ablate PRESET --grid K=V1,V2   one run per grid point, N at a time
   cockpit ablate PRESET --tricks       the baseline plus one run per trick switched back on
+  cockpit export RUN... --tensorboard DIR [--live]   runs as TensorBoard event files
+  cockpit --tensorboard DIR        the app, with a TensorBoard log directory's runs too
 
 workspace: --workspace DIR, else $COCKPIT_WORKSPACE, else ./runs
 exit codes: 0 no stage failed · 1 a stage failed, the run died or was killed · 2 bad preset or arguments"""
@@ -76,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", parents=[ws], help="list the workspace's runs")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument(
+        "--tensorboard", metavar="DIR", help="also list the runs of a TensorBoard log directory"
+    )
 
     kill = sub.add_parser("kill", parents=[ws], help="stop runs and every process they started")
     kill.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix will do)")
@@ -108,6 +113,21 @@ def _parser() -> argparse.ArgumentParser:
         help="the baseline plus one run per trick of the preset's tricks: (dropout, batchnorm, ...)",
     )
     ab.add_argument("--detach", action="store_true", help="queue the runs and return")
+
+    ex = sub.add_parser("export", parents=[ws], help="runs as TensorBoard event files")
+    ex.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix will do)")
+    ex.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        required=True,
+        help="write DIR/<run_id>/events.out.tfevents.*",
+    )
+    ex.add_argument(
+        "--live", action="store_true", help="keep writing while the runs train (until they end)"
+    )
+    p.add_argument(
+        "--tensorboard", metavar="DIR", help="the app: also show a TensorBoard log directory's runs"
+    )
     return p
 
 
@@ -120,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             from cockpit.app import run_app
 
+            if getattr(args, "tensorboard", None):
+                return run_app(args.workspace, tensorboard=args.tensorboard)
             return run_app(args.workspace)
         if getattr(args, "stages", None) is not None and not args.stages.strip():
             raise UsageError(
@@ -132,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             "kill": cmd_kill,
             "fork": cmd_fork,
             "ablate": cmd_ablate,
+            "export": cmd_export,
         }
         return handler[args.command](args)
     except (PresetError, UsageError, LookupError) as e:
@@ -244,6 +267,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     ws = check_workspace(resolve_workspace(args.workspace))
     snaps = [r.snapshot() for r in iter_runs(ws)]
+    if getattr(args, "tensorboard", None):  # TensorBoard runs, mirrored (cockpit/tensorboard.py)
+        from cockpit.tensorboard import snapshots
+
+        snaps += snapshots(args.tensorboard)
     if args.json:
         print(json.dumps([s.to_json() for s in snaps], indent=1))
         return 0
@@ -313,6 +340,18 @@ def cmd_fork(args: argparse.Namespace) -> int:
         return 0
     print(f"forked from {parent.run_id}, {how}")
     return watch(folder, proc)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cockpit.export import export
+    from engine.torchfree.runfolder import find_run, resolve_workspace
+
+    ws = check_workspace(resolve_workspace(args.workspace))
+    folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
+    export(folders, Path(args.tensorboard), live=args.live)
+    return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
