@@ -19,6 +19,24 @@ def _confusion(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.
     return torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
 
 
+def labels(out: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None):
+    """(predicted ids, target ids, classes) for a classification-like output, whatever form
+    torch accepts: class ids with (B, C, ...) logits; class probabilities (soft labels, mixup)
+    of the output's shape; one logit per label with float 0/1 targets (BCE losses: the logit's
+    sign decides, or p > 0.5 for BCELoss)."""
+    name = type(loss_fn).__name__ if loss_fn is not None else ""
+    binary = name in ("BCEWithLogitsLoss", "BCELoss") or (
+        y.is_floating_point() and (out.ndim == 1 or out.shape[1] == 1)
+    )
+    if binary:
+        threshold = 0.5 if name == "BCELoss" else 0.0
+        pred = (out.reshape(-1) > threshold).long()
+        return pred, (y.reshape(-1).float() > 0.5).long(), 2
+    if y.is_floating_point() and y.shape == out.shape:  # class probabilities
+        return out.argmax(1).reshape(-1), y.argmax(1).reshape(-1), out.shape[1]
+    return out.argmax(1).reshape(-1), y.reshape(-1).long(), out.shape[1]
+
+
 def scores_from_confusion(cm: torch.Tensor, task: str) -> dict[str, float]:
     cm = cm.double()
     tp = cm.diag()
@@ -75,8 +93,8 @@ def evaluate(
             abs_sum += (out.reshape(y.shape).double() - y.double()).abs().sum()
             count += y.numel()
         else:
-            classes = out.shape[1]
-            part = _confusion(out.argmax(1).reshape(-1), y.reshape(-1).long(), classes)
+            pred, target, classes = labels(out, y, loss_fn)
+            part = _confusion(pred, target, classes)
             cm = part if cm is None else cm + part
     model.train(was_training)
     result = {"val_loss": float(loss_sum) / max(n, 1)}
@@ -98,12 +116,28 @@ def baseline(
     if task == "regression":
         median = train_targets.float().median(dim=0).values
         return {"mae": float((val_targets.float() - median).abs().mean())}
-    c = classes or int(max(int(train_targets.max()), int(val_targets.max())) + 1)
+    train_targets, val_targets = _ids(train_targets), _ids(val_targets)
+    c = classes if classes and classes >= 2 else None  # one logit per label: two classes
+    c = c or max(2, int(max(int(train_targets.max()), int(val_targets.max())) + 1))
     counts = torch.bincount(train_targets.reshape(-1).long().clamp(min=0), minlength=c)
     majority = int(counts.argmax())
     flat = val_targets.reshape(-1).long()
     pred = torch.full_like(flat, majority)
     return scores_from_confusion(_confusion(pred, flat, c), task)
+
+
+def _ids(targets: torch.Tensor) -> torch.Tensor:
+    """Class ids from any accepted target form: ids as they are, class-probability rows by
+    their argmax, float 0/1 (or soft binary) targets by p > 0.5."""
+    if not targets.is_floating_point():
+        return targets
+    if (
+        targets.ndim >= 2
+        and targets.shape[1] > 1
+        and bool(((targets.sum(1) - 1).abs() < 1e-3).all())
+    ):
+        return targets.argmax(1)
+    return (targets > 0.5).long()
 
 
 def collect_targets(

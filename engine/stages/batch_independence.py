@@ -5,13 +5,21 @@ batch must be zero outside row i. A view or reshape that mixes the batch dimensi
 reduction over dim 0, shows up as a leak. Batchnorm in train mode mixes samples by design
 (batch statistics), so the check runs in eval mode, and says so; a second check compares each
 sample's output in the batch with its output alone.
+
+Token and integer inputs have no input gradient: the gradient check then runs on the output of
+the first ``nn.Embedding`` (one row per sample, like the input), and the alone-vs-batch
+comparison needs no gradient at all. A model that is random in eval mode (functional dropout)
+is measured first and named as such: its outputs differ between any two passes, which says
+nothing about mixing the batch.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from engine.context import RunContext
+from engine.diagnosis import contracts, randomness
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
 from engine.stages.common import fixed_batch, regularizers
 
@@ -38,14 +46,18 @@ class BatchIndependenceStage(Stage):
                     "by design (batch statistics); checked in eval mode, where they don't",
                 )
             )
-        if not x.is_floating_point():
-            return Verdict(
-                "skip",
-                f"inputs are {str(x.dtype).removeprefix('torch.')}, not floats: no input gradient to probe",
-                checks,
-            )
-        x = x.clone().requires_grad_(True)
-        out = model(x)
+        with torch.no_grad():
+            first = model(x)
+        problem = contracts.describe_non_tensor(first, ctx.task)
+        if problem:
+            return Verdict("fail", problem, checks)
+        metrics: dict[str, float] = {"batch": b}
+        diff = randomness.eval_difference(model, x, first)
+        metrics["eval_difference"] = diff
+        random = diff > s.eval_tolerance
+        if random:
+            checks.append(randomness.check_eval_random(diff, s.eval_tolerance))
+        wrt, out = self.gradient_probe(model, x)
         if out.shape[0] != b:
             return Verdict(
                 "fail",
@@ -53,13 +65,26 @@ class BatchIndependenceStage(Stage):
                 "something reshapes across the batch dimension",
                 checks,
             )
+        if wrt is None:
+            checks.append(
+                Check(
+                    "gradient_isolation",
+                    "skip",
+                    f"inputs are {str(x.dtype).removeprefix('torch.')} with no nn.Embedding to "
+                    "take a gradient at: only the alone-vs-batch comparison runs",
+                )
+            )
+            checks.append(self.check_alone(model, x, first, metrics, random))
+            return from_checks(
+                checks, metrics, f"{b} samples: outputs alone and in the batch agree"
+            )
+        via = "" if wrt is x else " (at the embedding output: the inputs are token ids)"
         g = torch.Generator(device="cpu").manual_seed(ctx.seed)
         worst_leak, culprit = 0.0, None
-        metrics: dict[str, float] = {"batch": b}
         for i in sorted({0, b - 1}):
             weights = torch.randn(out[i].shape, generator=g).to(out.device, out.dtype)
-            (grad,) = torch.autograd.grad((out[i] * weights).sum(), x, retain_graph=True)
-            per_sample = grad.reshape(b, -1).abs().amax(1)
+            (grad,) = torch.autograd.grad((out[i] * weights).sum(), wrt, retain_graph=True)
+            per_sample = grad.movedim(self.batch_dim, 0).reshape(b, -1).abs().amax(1)
             own = float(per_sample[i])
             others = per_sample.clone()
             others[i] = 0
@@ -85,9 +110,10 @@ class BatchIndependenceStage(Stage):
                 Check(
                     "gradient_isolation",
                     "fail",
-                    f"sample {i}'s output depends on sample {j}'s input (gradient {fmt(leak)} vs {fmt(own)} on "
-                    f"its own input): something mixes the batch — a view/reshape across the batch dimension "
-                    f"(e.g. x.view(-1, …) in the wrong order, a transpose before flatten) or a reduction over dim 0",
+                    f"sample {i}'s output depends on sample {j}'s input{via} (gradient {fmt(leak)} vs "
+                    f"{fmt(own)} on its own input): something mixes the batch — a view/reshape across the batch dimension "
+                    "(e.g. x.view(-1, …) in the wrong order, a transpose before flatten), an RNN "
+                    "fed (batch, seq, ...) without batch_first=True, or a reduction over dim 0",
                 )
             )
         else:
@@ -95,17 +121,64 @@ class BatchIndependenceStage(Stage):
                 Check(
                     "gradient_isolation",
                     "pass",
-                    f"gradients of samples' outputs stay in their own rows (largest leak {fmt(worst_leak)})",
+                    f"gradients of samples' outputs stay in their own rows{via} (largest leak "
+                    f"{fmt(worst_leak)})",
                 )
             )
-        checks.append(self.check_alone(model, x.detach(), out.detach(), metrics))
+        checks.append(self.check_alone(model, x, first, metrics, random))
         return from_checks(
             checks, metrics, f"{b} samples: no output depends on another sample's input"
         )
 
+    def gradient_probe(self, model: nn.Module, x: torch.Tensor):
+        """(tensor to take gradients at, output): the input itself for float inputs, else the
+        first nn.Embedding's output when its input is the token batch (or its transpose)."""
+        self.batch_dim = 0
+        if x.is_floating_point():
+            wrt = x.clone().requires_grad_(True)
+            return wrt, model(wrt)
+        emb = next(
+            (m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))), None
+        )
+        if emb is None:
+            with torch.no_grad():
+                return None, model(x)
+        captured: list[torch.Tensor] = []
+
+        def hook(mod, inputs, output):
+            if captured or not isinstance(output, torch.Tensor):
+                return None
+            ids = inputs[0] if inputs else None
+            if isinstance(ids, torch.Tensor) and ids.shape == x.shape:
+                dim = 0
+            elif isinstance(ids, torch.Tensor) and ids.ndim == 2 and ids.shape == x.shape[::-1]:
+                dim = 1  # a sequence-first model transposed the batch before embedding it
+            else:
+                return None
+            self.batch_dim = dim
+            leaf = output.detach().requires_grad_(True)
+            captured.append(leaf)
+            return leaf
+
+        handle = emb.register_forward_hook(hook)
+        try:
+            out = model(x)
+        finally:
+            handle.remove()
+        if not captured:
+            return None, out.detach()
+        return captured[0], out
+
     @torch.no_grad()
-    def check_alone(self, model, x, out, metrics: dict) -> Check:
+    def check_alone(self, model, x, out, metrics: dict, random: bool = False) -> Check:
         """Each sample's output in the batch equals its output alone (eval mode)."""
+        if random:
+            return Check(
+                "alone_vs_batch",
+                "skip",
+                "the model is random in eval mode: comparing a sample alone and in the batch would "
+                "only measure that noise",
+            )
         diffs = []
         scale = float(out.abs().amax().clamp(min=1e-12))
         for i in (0, len(x) - 1):

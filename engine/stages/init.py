@@ -15,15 +15,33 @@ import torch
 from torch import nn
 
 from engine.context import RunContext, UserCodeError
+from engine.diagnosis import contracts, datastats, health, randomness
 from engine.loop import move
 from engine.metrics import collect_targets
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
 from engine.stages.common import collate, reader_kwargs, regularizers
 
 
+_ADVICE = {"tricks_off", "parameters", "class_balance"}
+
+
 def _sample_indices(n: int, k: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[: min(n, k)].tolist()
+
+
+def _probe(model: nn.Module, x):
+    """The untrained model's output on a probe batch, in eval mode and with the graph kept,
+    so the output's last operation (softmax, sigmoid, ReLU...) can be read from it."""
+    model.eval()
+    try:
+        return model(x)
+    except Exception as e:
+        raise UserCodeError(
+            f"the model fails on a batch of train inputs {tuple(x.shape)}: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        model.train()
 
 
 def _human(n: int) -> str:
@@ -43,34 +61,36 @@ class InitStage(Stage):
         }
         idx = _sample_indices(len(ctx.data.train), s.samples, ctx.seed)
         x, y = collate(ctx.data.train, idx, "train")
-        checks += self.check_format(task, x, y)
+        checks.append(contracts.check_format(task, x, y, ctx.loss_fn))
         if any(c.status == "fail" for c in checks):
             return from_checks(checks, metrics, "")
         checks.append(self.check_finite(x, y, task))
         checks.append(self.check_inputs_vary(x))
         checks.append(self.check_val_deterministic(ctx))
         checks.append(self.check_overlap(ctx, metrics))
+        checks += self.check_input_stats(ctx, x)
 
         model = ctx.build_model()
         params = sum(p.numel() for p in model.parameters())
         metrics["params"] = params
         probe_x, probe_y = move((x[: min(len(x), 32)], y[: min(len(y), 32)]), ctx.device)
-        try:
-            with torch.no_grad():
-                model.eval()
-                out = model(probe_x)
-        except Exception as e:
-            raise UserCodeError(
-                f"the model fails on a batch of train inputs {tuple(probe_x.shape)}: {type(e).__name__}: {e}"
-            ) from e
+        out = _probe(model, probe_x)
+        problem = contracts.describe_non_tensor(out, task)
+        if problem:
+            checks.append(Check("model_output", "fail", problem))
+            return from_checks(checks, metrics, "")
+        diff = randomness.eval_difference(model, probe_x, out)
+        metrics["eval_difference"] = diff
+        checks.append(randomness.check_eval_random(diff, s.eval_tolerance))
         classes = out.shape[1] if task != "regression" and out.ndim >= 2 else None
         if classes:
             metrics["classes"] = classes
         checks.append(self.check_target_range(ctx, task, out, probe_y, y, classes))
         if any(c.status == "fail" for c in checks):  # the checks below would only crash on it
             return from_checks(checks, metrics, "")
-        if task != "regression" and classes:
-            checks.append(self.check_balance(ctx, task, classes, metrics))
+        checks.append(contracts.check_contract(task, ctx.loss_fn, out, probe_y))
+        if task != "regression" and (classes or out.ndim == 1):
+            checks.append(self.check_balance(ctx, task, classes or 1, metrics))
         checks.append(
             Check(
                 "parameters",
@@ -85,63 +105,34 @@ class InitStage(Stage):
         )
         optimizer = ctx.build_optimizer(model)
         checks.append(self.check_tricks(ctx, model, optimizer))
+        checks.append(health.check_frozen(model, s))
+        checks.append(health.check_optimizer(model, optimizer))
         checks.append(self.check_loss_at_init(ctx, model, task, classes, metrics))
-        checks.append(self.check_gradients(ctx, model, probe_x, probe_y))
+        activations = health.ActivationProbe(model)
+        with activations.hooked():
+            checks.append(health.check_gradients(ctx.loss_fn, model, probe_x, probe_y))
+        checks.append(activations.check(s))
+        # advice (tricks on, a big model, imbalance) yields the reason to a diagnosis
+        checks.sort(key=lambda c: c.name in _ADVICE)
         ok = "data, splits, model and gradients look right"
         loss_check = next(c for c in checks if c.name == "loss_at_init")
         return from_checks(
             checks, metrics, f"{loss_check.detail} · {_human(params)} parameters · {ok}"
         )
 
-    # ---- data --------------------------------------------------------------------
-    def check_format(self, task: str, x, y) -> list[Check]:
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            return [
-                Check(
-                    "data_format",
-                    "fail",
-                    f"samples must be (tensor, tensor) pairs, got ({type(x).__name__}, {type(y).__name__})",
-                )
-            ]
-        desc = f"inputs {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}, targets {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')}"
-        if task in ("classification", "segmentation"):
-            if y.is_floating_point():
-                vals = ", ".join(fmt(v) for v in y.reshape(-1)[:3].tolist())
-                return [
-                    Check(
-                        "data_format",
-                        "fail",
-                        f"{task} targets must be class ids (torch.long), got {str(y.dtype).removeprefix('torch.')} "
-                        f"(values like {vals}): return torch.long ids, not one-hot or floats",
-                    )
-                ]
-            if task == "classification" and y.ndim != 1:
-                return [
-                    Check(
-                        "data_format",
-                        "fail",
-                        f"classification targets must be one class id per sample, got shape {tuple(y.shape[1:])} per sample; "
-                        "one-hot targets? return the index (argmax) instead",
-                    )
-                ]
-            if task == "segmentation" and y.ndim != 3:
-                return [
-                    Check(
-                        "data_format",
-                        "fail",
-                        f"segmentation targets must be (H, W) masks of class ids, got shape {tuple(y.shape[1:])} per sample",
-                    )
-                ]
-        elif not y.is_floating_point():
-            return [
-                Check(
-                    "data_format",
-                    "fail",
-                    f"regression targets must be floats, got {str(y.dtype).removeprefix('torch.')}; convert them with .float()",
-                )
-            ]
-        return [Check("data_format", "pass", desc)]
+    def check_input_stats(self, ctx: RunContext, x) -> list[Check]:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return []
+        idx = _sample_indices(len(ctx.data.val), self.settings.val_samples, ctx.seed + 3)
+        xv, _ = collate(ctx.data.val, idx, "val")
+        if not isinstance(xv, torch.Tensor):
+            return []
+        return [
+            datastats.check_splits(x, xv, self.settings),
+            datastats.check_scale(x, self.settings),
+        ]
 
+    # ---- data --------------------------------------------------------------------
     def check_finite(self, x, y, task: str) -> Check:
         bad = []
         if x.is_floating_point():
@@ -240,6 +231,17 @@ class InitStage(Stage):
                     f"model output {tuple(out.shape)} and targets {tuple(probe_y.shape)} differ in shape{hint}",
                 )
             return Check("target_range", "pass", f"outputs match targets {tuple(out.shape[1:])}")
+        kind = contracts.target_kind(probe_y, ctx.loss_fn)
+        if kind == "binary":
+            return contracts.binary_shape_check(out, probe_y, contracts.loss_name(ctx.loss_fn))
+        if kind == "class_probabilities":
+            fits = out.shape == probe_y.shape
+            return Check(
+                "target_range",
+                "pass" if fits else "fail",
+                f"class-probability targets {tuple(probe_y.shape)} "
+                + ("fit the outputs" if fits else f"do not match the outputs {tuple(out.shape)}"),
+            )
         if out.ndim < 2:
             return Check(
                 "target_range",
@@ -270,9 +272,18 @@ class InitStage(Stage):
     def check_balance(self, ctx: RunContext, task: str, classes: int, metrics: dict) -> Check:
         limit = self.settings.overlap_samples if task == "classification" else self.settings.samples
         ys = collect_targets(ctx.data.train, limit=limit, loader_kwargs=reader_kwargs(ctx))
-        counts = torch.bincount(
-            ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes
-        ).double()
+        binary = (
+            ys.is_floating_point() and contracts.loss_name(ctx.loss_fn) in contracts.BINARY_LOSSES
+        )
+        if binary:  # one logit per label: count positives and negatives
+            classes = 2
+            counts = torch.bincount((ys.reshape(-1) > 0.5).long(), minlength=2).double()
+        elif ys.is_floating_point() and ys.ndim >= 2:  # class probabilities: expected counts
+            counts = ys.double().reshape(len(ys), ys.shape[1], -1).sum((0, 2))
+        else:
+            counts = torch.bincount(
+                ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes
+            ).double()
         seen = counts[counts > 0]
         ratio = float(seen.max() / seen.min()) if len(seen) else 1.0
         metrics["imbalance_ratio"] = ratio
@@ -299,9 +310,10 @@ class InitStage(Stage):
         )
         if missing:
             detail += f"; class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))} never appear"
-        detail += (
-            f"; suggested loss weights: loss: {{_target_: torch.nn.CrossEntropyLoss, weight: {w}}}"
-        )
+        if binary:
+            detail += f"; weigh the positives: BCEWithLogitsLoss(pos_weight={float(counts[0] / counts[1].clamp(min=1)):.2f})"
+        else:
+            detail += f"; suggested loss weights: loss: {{_target_: torch.nn.CrossEntropyLoss, weight: {w}}}"
         return Check("class_balance", "warn", detail)
 
     # ---- model -------------------------------------------------------------------
@@ -342,16 +354,10 @@ class InitStage(Stage):
         loss = sum(losses) / len(losses)
         metrics["loss_at_init"] = loss
         name = type(ctx.loss_fn).__name__
-        expected, why = None, ""
-        if task in ("classification", "segmentation") and name == "CrossEntropyLoss" and classes:
-            if getattr(ctx.loss_fn, "weight", None) is None and not getattr(
-                ctx.loss_fn, "label_smoothing", 0
-            ):
-                expected, why = (
-                    math.log(classes),
-                    f"ln {classes} = {math.log(classes):.3f} for {classes} classes",
-                )
-        elif task == "regression" and name in ("MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss"):
+        expected, why = contracts.expected_at_init(ctx.loss_fn, task, classes) or (None, "")
+        if math.isfinite(loss) and loss < 0:
+            return contracts.negative_loss(loss, name)
+        if task == "regression" and name in contracts.REGRESSION_LOSSES:
             yy = torch.cat(ys).float()
             centre = yy.mean(0) if name == "MSELoss" else yy.median(0).values
             expected = float(ctx.loss_fn(centre.expand_as(yy), yy))
@@ -407,89 +413,6 @@ class InitStage(Stage):
             f"loss at init {fmt(loss)} is far below the expected {why}: the untrained model "
             "already predicts well — do the targets leak into the inputs?",
         )
-
-    def check_gradients(self, ctx, model: nn.Module, x, y) -> Check:
-        ran: set[str] = set()
-        hooks = [
-            m.register_forward_hook(lambda mod, i, o, name=name: ran.add(name))
-            for name, m in model.named_modules()
-        ]
-        model.train()
-        model.zero_grad(set_to_none=True)
-        try:
-            ctx.loss_fn(model(x), y).backward()
-        except RuntimeError as e:
-            if "does not require grad" in str(e):
-                return Check(
-                    "gradients",
-                    "fail",
-                    "the loss does not depend on any trainable parameter: the forward pass "
-                    "detaches the graph (.detach(), .item(), .data, torch.no_grad) or every "
-                    "parameter is frozen",
-                )
-            raise
-        finally:
-            for h in hooks:
-                h.remove()
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not trainable:
-            return Check(
-                "gradients",
-                "fail",
-                "the model has no trainable parameters (all requires_grad=False)",
-            )
-        detached, unused, zero, nonfinite = [], [], [], []
-        for n, p in trainable:
-            owner = n.rpartition(".")[0]
-            if p.grad is None:
-                (detached if owner in ran else unused).append(n)
-            elif not torch.isfinite(p.grad).all():
-                nonfinite.append(n)
-            elif not p.grad.any():
-                zero.append(n)
-        model.zero_grad(set_to_none=True)
-        if nonfinite:
-            return Check(
-                "gradients", "fail", f"non-finite gradients at init in {_names(nonfinite)}"
-            )
-        if detached:
-            layers = _by_layer(detached)
-            return Check(
-                "gradients",
-                "fail",
-                f"{_names(layers)} ran in forward but got no gradient: something between "
-                f"{'it' if len(layers) == 1 else 'them'} and the loss detaches the graph (.detach(), "
-                ".item(), .data, torch.no_grad, a numpy round-trip)",
-            )
-        if unused:
-            return Check(
-                "gradients",
-                "warn",
-                f"{_names(unused)} never receive a gradient: defined but not used in forward",
-            )
-        if zero:
-            return Check(
-                "gradients",
-                "warn",
-                f"{_names(zero)} get an all-zero gradient at init (dead ReLUs, or multiplied by zero?)",
-            )
-        return Check(
-            "gradients", "pass", f"all {len(trainable)} parameter tensors receive a gradient"
-        )
-
-
-def _by_layer(params: list[str]) -> list[str]:
-    """'features.weight', 'features.bias' -> ['layer features (weight, bias)']."""
-    owners: dict[str, list[str]] = {}
-    for name in params:
-        owner, _, leaf = name.rpartition(".")
-        owners.setdefault(owner, []).append(leaf)
-    return [f"layer {o or '(model)'} ({', '.join(leaves)})" for o, leaves in owners.items()]
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:3])
-    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _fingerprints(dataset, n: int, loader_kwargs: dict) -> dict | None:
