@@ -34,12 +34,40 @@ class InitSettings:
     pixel_imbalance_ratio: float = _f(
         50.0, "the same for segmentation pixels, where background usually dominates"
     )
+    val_samples: int = _f(256, "val samples read to compare their input statistics with train's")
+    split_scale_warn: float = _f(
+        2.0, "warn when val inputs spread this many times more (or less) than train's"
+    )
+    split_scale_fail: float = _f(4.0, "fail at this spread ratio between val and train inputs")
+    split_shift_warn: float = _f(
+        1.0, "warn when val means sit this many train spreads off (median unit)"
+    )
+    split_shift_fail: float = _f(3.0, "fail at this mean shift between val and train inputs")
+    raw_scale: float = _f(
+        20.0, "warn when a train feature or channel reaches |mean| + spread above this"
+    )
+    feature_scale_ratio: float = _f(
+        1000.0, "warn when tabular feature spreads differ by more than this"
+    )
+    frozen_share: float = _f(0.1, "warn when at least this share of the parameters is frozen")
+    dead_share: float = _f(
+        0.5, "warn when a ReLU layer has at least this share of units dead at init"
+    )
+    saturated_share: float = _f(
+        0.3, "warn when a tanh/sigmoid layer has this share of outputs saturated"
+    )
+    eval_tolerance: float = _f(
+        1e-5, "largest relative difference allowed between two eval-mode passes"
+    )
 
 
 @dataclass(frozen=True)
 class BatchIndependenceSettings:
     batch: int = _f(4, "samples in the probe batch")
     tolerance: float = _f(1e-6, "largest allowed leak, relative to the sample's own gradient")
+    eval_tolerance: float = _f(
+        1e-5, "largest relative difference allowed between two eval-mode passes"
+    )
 
 
 @dataclass(frozen=True)
