@@ -215,6 +215,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)  # so that the rename itself survives a power cut
 
 
 def _named(e: OSError, path: Path) -> OSError:
@@ -222,8 +223,11 @@ def _named(e: OSError, path: Path) -> OSError:
     if e.filename is not None and not str(e.filename).endswith(".tmp"):
         return e
     return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def _fsync_folder(folder: Path) -> None:
     try:
-        dfd = os.open(path.parent, os.O_RDONLY)
+        dfd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
