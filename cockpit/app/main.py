@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import work
 from textual.app import App
@@ -24,23 +24,21 @@ from textual.signal import Signal
 from cockpit.app.devices import DeviceProbe, DeviceSampler
 from cockpit.app.history import RunHistory
 from cockpit.app.messages import DeviceSample, DevicesSampled, HistoryUpdated, RunState, RunsUpdated
-from cockpit.app.presets import discover_presets
-from cockpit.app.screens.compare import CompareScreen
-from cockpit.app.screens.confirm_kill import ConfirmKill
-from cockpit.app.screens.fork import ForkDialog, ForkRequest
-from cockpit.app.screens.help import HelpScreen
-from cockpit.app.screens.new_run import LaunchRequest, NewRunDialog
-from cockpit.app.screens.run import RunScreen
 from cockpit.app.screens.runs import RunsScreen
 from cockpit.app.settings import ViewSettings
 from cockpit.app.watcher import WorkspaceWatcher
-from cockpit.fork import fork_run
-from cockpit.launch import create_run, start_engine, stop
-from engine.torchfree.preset import PresetError
 from engine.torchfree.runfolder import LIVE, RunFolder
 
-IDLE_HISTORIES = 4
-"""Histories kept in memory after their view closed, so going back to a run is instant."""
+if TYPE_CHECKING:
+    from cockpit.app.screens.fork import ForkRequest
+    from cockpit.app.screens.new_run import LaunchRequest
+
+# The other screens, the dialogs and the launcher are imported when first opened: the first
+# frame waits only for the runs screen's code.
+
+IDLE_HISTORIES = 16
+"""Histories kept in memory after their view closed, so going back to a run is instant (a
+history holds envelopes only, a few hundred kB whatever the run's length)."""
 
 
 class CockpitApp(App[None]):
@@ -75,6 +73,8 @@ class CockpitApp(App[None]):
         self.settings = ViewSettings.from_env()
         self.runs: tuple[RunState, ...] = ()
         """Every run of the workspace, oldest first, as of the watcher's last scan."""
+        self.loading: tuple[int, int] | None = (0, 0)
+        """(runs read, runs found) until the workspace has been read once; then None."""
         self.marked: set[str] = set()
         """Runs marked with space, for the compare view."""
         self.stopping: set[str] = set()
@@ -97,6 +97,12 @@ class CockpitApp(App[None]):
     # ---- life ----------------------------------------------------------------------------
     def on_mount(self) -> None:
         self.push_screen(RunsScreen())
+        # the threads start once the first frame is out: they would compete with it for the GIL
+        self.call_after_refresh(self._start_threads)
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            return
         for name, target in (
             ("cockpit-watcher", self.watcher.run),
             ("cockpit-devices", self.device_sampler.run),
@@ -114,6 +120,7 @@ class CockpitApp(App[None]):
     # ---- what the threads report ---------------------------------------------------------------
     def on_runs_updated(self, message: RunsUpdated) -> None:
         self.runs = message.runs
+        self.loading = message.loading
         live = {r.run_id for r in self.runs if r.snapshot.status in LIVE}
         self.stopping &= live
         self.marked &= {r.run_id for r in self.runs}
@@ -162,6 +169,8 @@ class CockpitApp(App[None]):
 
     # ---- screens -----------------------------------------------------------------------------
     def open_run(self, run_id: str) -> None:
+        from cockpit.app.screens.run import RunScreen
+
         state = self.run_state(run_id)
         if state is None:
             self.notify(f"{run_id} is gone from the workspace", severity="warning")
@@ -169,6 +178,8 @@ class CockpitApp(App[None]):
         self.push_screen(RunScreen(run_id, RunFolder(state.snapshot.path)))
 
     def open_compare(self, run_id: str | None) -> None:
+        from cockpit.app.screens.compare import CompareScreen
+
         state = self.run_state(run_id)
         if self.marked:
             group = "(marked)"
@@ -179,6 +190,8 @@ class CockpitApp(App[None]):
         self.push_screen(CompareScreen(group))
 
     def show_help(self) -> None:
+        from cockpit.app.screens.help import HelpScreen
+
         self.push_screen(HelpScreen())
 
     # ---- settings ------------------------------------------------------------------------------
@@ -216,6 +229,9 @@ class CockpitApp(App[None]):
 
     # ---- launching, forking, killing ---------------------------------------------------------
     def open_new_run(self) -> None:
+        from cockpit.app.presets import discover_presets
+        from cockpit.app.screens.new_run import NewRunDialog
+
         self.push_screen(NewRunDialog(discover_presets(self.workspace)), self._launch_answered)
 
     def _launch_answered(self, request: LaunchRequest | None) -> None:
@@ -224,6 +240,8 @@ class CockpitApp(App[None]):
 
     @work(thread=True, group="launch")
     def launch(self, request: LaunchRequest) -> None:
+        from cockpit.launch import create_run, start_engine
+
         try:
             folder = create_run(
                 self.workspace, request.preset, overrides=request.overrides, stages=request.stages
@@ -239,6 +257,8 @@ class CockpitApp(App[None]):
         self.call_from_thread(self.notify, f"started {folder.run_id}")
 
     def open_fork(self, run_id: str | None) -> None:
+        from cockpit.app.screens.fork import ForkDialog
+
         state = self.run_state(run_id)
         if state is None:
             self.notify("no run selected to fork", severity="warning")
@@ -252,6 +272,9 @@ class CockpitApp(App[None]):
 
     @work(thread=True, group="launch")
     def fork(self, parent: RunFolder, request: ForkRequest) -> None:
+        from cockpit.fork import fork_run
+        from engine.torchfree.preset import PresetError
+
         try:
             folder, proc = fork_run(
                 self.workspace, parent, request.overrides, warm=request.warm, stages=request.stages
@@ -266,6 +289,8 @@ class CockpitApp(App[None]):
         self.call_from_thread(self.notify, f"forked {folder.run_id} from {parent.run_id} ({how})")
 
     def confirm_kill(self, run_id: str | None) -> None:
+        from cockpit.app.screens.confirm_kill import ConfirmKill
+
         state = self.run_state(run_id)
         if state is None:
             self.notify("no run selected to kill", severity="warning")
@@ -289,6 +314,8 @@ class CockpitApp(App[None]):
 
     @work(thread=True, group="kill")
     def kill(self, run_id: str, folder: RunFolder) -> None:
+        from cockpit.launch import stop
+
         started = time.monotonic()
         was_running = stop(folder)
         took = time.monotonic() - started

@@ -64,10 +64,12 @@ class DeviceSample:
 class RunsUpdated(Message):
     """The workspace's runs changed: new runs, new steps, new verdicts, runs gone."""
 
-    def __init__(self, runs: tuple[RunState, ...]) -> None:
+    def __init__(self, runs: tuple[RunState, ...], loading: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.runs = runs
         """Every run of the workspace, oldest first."""
+        self.loading = loading
+        """(runs read, runs found) while a large workspace is first read; None once done."""
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, RunsUpdated)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from pathlib import Path
 import psutil
 from textual.message import Message
 
+from cockpit.app.envelope import numpy
 from cockpit.app.history import RunHistory
 from cockpit.app.messages import HistoryUpdated, RunState, RunsUpdated
 from cockpit.launch import engine_process
@@ -31,6 +33,16 @@ LIVENESS_S = 5.0
 """How often a live run whose files stand still is checked for a dead engine."""
 TELEMETRY_BACKLOG = 128_000
 """Bytes of an old telemetry.jsonl read when a run is first seen (~10 minutes of rows)."""
+FIRST_BATCH = 40
+"""Runs read before the first partial list is posted (then 4× more before each next one)."""
+_STAMP = re.compile(r"(\d{8}-\d{6})")
+
+
+def created_hint(name: str) -> tuple[str, str]:
+    """Sorts run ids by the creation time written in them (``preset-YYYYMMDD-HHMMSS-xxxx``)
+    without reading anything: the order in which a large workspace is first read."""
+    match = _STAMP.search(name)
+    return (match.group(1) if match else "", name)
 
 
 class RunTracker:
@@ -166,6 +178,7 @@ class WorkspaceWatcher:
         self._stop = threading.Event()
         self._tick = 0
         self._post_next_scan = True  # the first scan always reports, even an empty workspace
+        self._warmed = False
 
     # ---- called from the UI thread -------------------------------------------------
     def watch(self, history: RunHistory) -> None:
@@ -199,6 +212,9 @@ class WorkspaceWatcher:
         while not self._stop.is_set():
             if self._tick % 2 == 0:
                 self.scan()
+                if not self._warmed:
+                    self._warmed = True
+                    numpy()  # before the first history is opened, off the UI thread
             self._tick += 1
             with self._lock:
                 histories = list(self._histories.values())
@@ -229,14 +245,26 @@ class WorkspaceWatcher:
         changed = names != set(self.trackers)
         for name in set(self.trackers) - names:
             del self.trackers[name]
-        for name in names - set(self.trackers):
+        new = sorted(names - set(self.trackers), key=created_hint)  # oldest first: the top rows
+        for name in new:
             self.trackers[name] = RunTracker(
                 RunFolder(elsewhere.get(name) or self.workspace / name)
             )
-        for tracker in self.trackers.values():
+        fresh = set(new)
+        read, batch = 0, FIRST_BATCH
+        for name, tracker in list(self.trackers.items()):
             changed |= tracker.poll(now)
+            if name in fresh:
+                read += 1
+                if read == batch and read < len(fresh):
+                    # a large workspace shows up a batch at a time instead of all at the end
+                    self._post_states((read, len(fresh)))
+                    batch *= 4
         if changed or self._post_next_scan:
             self._post_next_scan = False
-            states = [t.state for t in self.trackers.values() if t.state is not None]
-            states.sort(key=lambda s: (s.snapshot.created, s.run_id))
-            self.post(RunsUpdated(tuple(states)))
+            self._post_states(None)
+
+    def _post_states(self, loading: tuple[int, int] | None) -> None:
+        states = [t.state for t in self.trackers.values() if t.state is not None]
+        states.sort(key=lambda s: (s.snapshot.created, s.run_id))
+        self.post(RunsUpdated(tuple(states), loading))

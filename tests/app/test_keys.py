@@ -560,9 +560,16 @@ def test_plot_redraws_are_coalesced(lab):
             await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run view")
             await histories_loaded(pilot)
             plot = app.screen.query_one(LossPlot)
-            builds = plot.builds
-            for _ in range(50):  # a burst of new data, all at once
+            await wait_until(pilot, lambda: plot.builds > 0, what="the first build")
+            builds, skipped = plot.builds, plot.skipped
+            for _ in range(50):  # a burst of requests, nothing new to show: one look, no build
                 plot.request_redraw()
+            await wait_until(pilot, lambda: plot.skipped > skipped, what="the look")
+            assert plot.builds == builds
+            plot._visible = "something else was drawn"
+            for _ in range(50):  # a burst that changes what is visible: coalesced
+                plot.request_redraw()
+            await wait_until(pilot, lambda: plot.builds > builds, what="the rebuild")
             await pilot.pause(0.8)
             assert 1 <= plot.builds - builds <= 2
 

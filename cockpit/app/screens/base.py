@@ -26,6 +26,16 @@ class CockpitScreen(Screen):
     def cockpit(self) -> CockpitApp:
         return self.app  # type: ignore[return-value]
 
+    @property
+    def on_top(self) -> bool:
+        """The screen the user sees. (Textual's ``is_current`` is also true for the screen
+        just under the top one, whose repaints are then forwarded to the top screen: a hidden
+        screen that kept drawing made the one in front repaint with it.)"""
+        try:
+            return self.app.screen is self
+        except Exception:  # no screen stack yet, or the app is closing
+            return False
+
     def selected_run_id(self) -> str | None:
         """The run the actions (fork, kill, mark) apply to."""
         raise NotImplementedError

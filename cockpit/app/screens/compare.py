@@ -93,8 +93,34 @@ class OverlayPlot(CachedPlot):
         self.histories: list[RunHistory] = []
         self.kind = "train"
         self.metric = "val_loss"
+        self._prepared: tuple[int, Figure] | None = None
+
+    def invalidate(self) -> None:
+        self._prepared = None
+
+    def _log(self) -> bool:
+        return self.settings.log_scale and self.kind != "metric"
+
+    def visible_key(self) -> object:
+        width, height = self.size
+        figure = self.figure(width)
+        self._prepared = (width, figure)
+        return figure.visible_key(
+            width,
+            height,
+            self.settings.plotext_marker,
+            log=self._log(),
+            unit_range=self.kind == "metric",
+        )
 
     def draw(self, plt: Plot, width: int, height: int) -> None:
+        prepared = self._prepared
+        figure = prepared[1] if prepared and prepared[0] == width else self.figure(width)
+        figure.plot(
+            plt, self.settings.plotext_marker, log=self._log(), unit_range=self.kind == "metric"
+        )
+
+    def figure(self, width: int) -> Figure:
         figure = Figure()
         buckets = buckets_for(width, self.settings)
         log = self.settings.log_scale and self.kind != "metric"
@@ -120,7 +146,7 @@ class OverlayPlot(CachedPlot):
                             line = Line(before.xs + line.xs, before.ys + line.ys, color)
             if line is not None:
                 figure.lines.append(line)
-        figure.plot(plt, self.settings.plotext_marker, log=log, unit_range=self.kind == "metric")
+        return figure
 
 
 class CompareScreen(CockpitScreen):
@@ -135,6 +161,7 @@ class CompareScreen(CockpitScreen):
         self.metric: str | None = None
         self.kind = "train"
         self._overlaid: list[str] = []
+        self._stale = False
 
     def compose_body(self) -> ComposeResult:
         yield LiveText(id="compare-bar")
@@ -151,10 +178,21 @@ class CompareScreen(CockpitScreen):
     def on_mount(self) -> None:
         super().on_mount()
         app = self.cockpit
-        app.runs_changed.subscribe(self, lambda runs: self.refresh_view())
+        app.runs_changed.subscribe(self, self.runs_changed)
         app.history_changed.subscribe(self, self.history_changed)
         self.refresh_view()
         self.table.focus()
+
+    def runs_changed(self, runs: tuple[RunState, ...]) -> None:
+        if not self.on_top:  # under a run view: catch up when it closes
+            self._stale = True
+            return
+        self.refresh_view()
+
+    def on_screen_resume(self) -> None:
+        if self._stale:
+            self._stale = False
+            self.refresh_view()
 
     def on_unmount(self) -> None:
         for run_id in self._overlaid:
@@ -269,8 +307,12 @@ class CompareScreen(CockpitScreen):
         self.query_one("#overlay-legend", LiveText).show(legend)
 
     def history_changed(self, run_id: str) -> None:
-        if run_id in self._overlaid:
-            self.query_one(OverlayPlot).request_redraw()
+        if run_id not in self._overlaid:
+            return
+        if not self.on_top:
+            self._stale = True
+            return
+        self.query_one(OverlayPlot).request_redraw()
 
     def apply_settings(self, settings: ViewSettings) -> None:
         plot = self.query_one(OverlayPlot)

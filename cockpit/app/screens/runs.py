@@ -92,26 +92,32 @@ class RunsScreen(CockpitScreen):
         if self._stale:
             self.show_runs()
             self.query_one(DevicePanel).show_samples(self.cockpit.samples, self.cockpit.device_note)
+            if self._preview_id is not None:
+                self.query_one(RunPreview).history_changed()
 
     def selected_run_id(self) -> str | None:
         return self.table.selected_key()
 
     # ---- data in -----------------------------------------------------------------------
     def runs_changed(self, runs: tuple[RunState, ...]) -> None:
-        if not self.is_current:
+        if not self.on_top:
             self._stale = True  # a hidden table is not worth updating; catch up on resume
             return
         self.show_runs()
 
     def devices_changed(self, sample: tuple[tuple[DeviceSample, ...], str | None]) -> None:
-        if not self.is_current:
+        if not self.on_top:
             self._stale = True
             return
         self.query_one(DevicePanel).show_samples(*sample)
 
     def history_changed(self, run_id: str) -> None:
-        if run_id == self._preview_id and self.is_current:
-            self.query_one(RunPreview).history_changed()
+        if run_id != self._preview_id:
+            return
+        if not self.on_top:
+            self._stale = True
+            return
+        self.query_one(RunPreview).history_changed()
 
     def apply_settings(self, settings: ViewSettings) -> None:
         self.query_one(RunPreview).apply_settings(settings)
@@ -162,7 +168,10 @@ class RunsScreen(CockpitScreen):
             if counts.get(status):
                 bar.append("  ")
                 bar += status_text(status, str(counts[status]))
-        if not runs:
+        if app.loading is not None:
+            done, total = app.loading
+            bar.append(f"  reading runs… {done}/{total}" if total else "  reading…", style="dim")
+        elif not runs:
             bar.append("  no runs yet: n starts one", style="dim")
         if self.filter_text:
             bar.append(f"  filter '{self.filter_text}': {shown} of {len(runs)}", style="#e5c07b")

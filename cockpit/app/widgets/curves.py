@@ -6,17 +6,29 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual_plotext.plot import Plot
 
 from cockpit.app.formatting import METRIC_SHORT, count, number, rgb
 from cockpit.app.history import RunHistory, SmoothedSeries, StageHistory
 from cockpit.app.settings import PIXELS_PER_CELL, ViewSettings
 from cockpit.app.widgets.live_text import LiveText
-from cockpit.app.widgets.plot import CachedPlot, nice_ticks, set_step_axis, set_value_axis, to_log
+from cockpit.app.widgets.plot import (
+    CachedPlot,
+    dot_grid,
+    dots,
+    nice_ticks,
+    set_step_axis,
+    set_value_axis,
+    to_log,
+    value_ticks,
+)
+
+if TYPE_CHECKING:
+    from textual_plotext.plot import Plot
 
 TRAIN_RAW, TRAIN = (60, 95, 140), (97, 175, 239)
 VAL_RAW, VAL = (135, 95, 55), (229, 160, 80)
@@ -55,6 +67,47 @@ class Figure:
             return None
         return min(xs), max(xs), min(ys), max(ys)
 
+    def axes(
+        self, unit_range: bool, x_range: tuple[float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        """(x low, x high, y low, y high) before the y axis's padding."""
+        bounds = self.bounds()
+        if bounds is None:
+            return None
+        x_lo, x_hi, y_lo, y_hi = bounds
+        if x_range is not None:
+            x_lo, x_hi = min(x_lo, x_range[0]), max(x_hi, x_range[1])
+        if unit_range and y_lo >= 0 and y_hi <= 1:
+            y_lo, y_hi = 0.0, 1.0
+        return x_lo, x_hi, y_lo, y_hi
+
+    def visible_key(
+        self,
+        width: int,
+        height: int,
+        marker: str,
+        *,
+        log: bool,
+        unit_range: bool = False,
+        x_range: tuple[float, float] | None = None,
+    ) -> tuple:
+        """What ``plot`` would draw, at the plot's dot resolution: each line's points rounded
+        to the dot they fall on, the ticks, the colours. Equal keys draw equal pictures (up to
+        a dot), so new data with an equal key needs no build."""
+        axes = self.axes(unit_range, x_range)
+        if axes is None:
+            return ()
+        x_lo, x_hi, y_lo, y_hi = axes
+        grid = dot_grid(width, height, marker, Y_AXIS_CELLS)
+        y_lo, y_hi, ticks = value_ticks(y_lo, y_hi, log=log)
+        box = (x_lo, x_hi, y_lo, y_hi)
+        key: list = [marker, log, tuple(ticks), tuple(nice_ticks(x_lo, x_hi, 5)), grid]
+        for line in self.lines:
+            lit = dots(line.xs, line.ys, box, grid, points=line.points)
+            key.append((line.color, line.points, line.marker, lit))
+        key.append(dots(self.vlines, [y_lo] * len(self.vlines), box, grid, points=True))
+        return tuple(key)
+
     def plot(
         self,
         plt: Plot,
@@ -65,12 +118,10 @@ class Figure:
         x_range: tuple[float, float] | None = None,
     ) -> None:
         """``x_range`` pins the step axis (stacked plots of one stage share it)."""
-        bounds = self.bounds()
-        if bounds is None:
+        axes = self.axes(unit_range, x_range)
+        if axes is None:
             return
-        x_lo, x_hi, y_lo, y_hi = bounds
-        if x_range is not None:
-            x_lo, x_hi = min(x_lo, x_range[0]), max(x_hi, x_range[1])
+        x_lo, x_hi, y_lo, y_hi = axes
         for line in self.lines:
             draw = plt.scatter if line.points else plt.plot
             draw(line.xs, line.ys, marker=line.marker or marker, color=line.color)
@@ -78,8 +129,6 @@ class Figure:
             if x_lo <= x <= x_hi:
                 plt.vline(x, FORK_LINE)
         set_step_axis(plt, x_lo, x_hi)
-        if unit_range and y_lo >= 0 and y_hi <= 1:
-            y_lo, y_hi = 0.0, 1.0
         set_value_axis(plt, y_lo, y_hi, log=log)
 
 
@@ -172,6 +221,7 @@ class StagePlot(CachedPlot):
         self.history: RunHistory | None = None
         self.stage: str | None = None
         self._drawn_key: tuple = ()
+        self._prepared: tuple | None = None
 
     def figure(self, stage: StageHistory, width: int) -> Figure:
         raise NotImplementedError
@@ -194,15 +244,48 @@ class StagePlot(CachedPlot):
             self._drawn_key = key
             self.request_redraw()
 
-    def draw(self, plt: Plot, width: int, height: int) -> None:
+    def _prepare(self, width: int) -> tuple[Figure, tuple[float, float] | None] | None:
+        """The decimated figure and its step axis (None: nothing to draw); made once per
+        look and reused by the build that may follow it."""
         if self.history is None or self.stage is None:
-            return
+            return None
+        cache = (width, self.history, self.stage, self.settings)
+        if self._prepared is not None and self._prepared[0] == cache:
+            return self._prepared[1]
         with self.history.lock:
             stage = self.history.stages.get(self.stage)
-            if stage is None:
-                return
-            figure = self.figure(stage, width)
-            steps = step_range(stage)
+            out = None if stage is None else (self.figure(stage, width), step_range(stage))
+        self._prepared = (cache, out)
+        return out
+
+    def has_data(self) -> bool:
+        prepared = self._prepare(self.size.width)
+        return prepared is not None and bool(prepared[0].lines)
+
+    def invalidate(self) -> None:
+        self._prepared = None  # new data may have arrived since the last look
+
+    def visible_key(self) -> object:
+        self.invalidate()
+        width, height = self.size
+        prepared = self._prepare(width)
+        if prepared is None:
+            return ()
+        figure, steps = prepared
+        return figure.visible_key(
+            width,
+            height,
+            self.settings.plotext_marker,
+            log=self.log_axis(),
+            unit_range=self.unit_range,
+            x_range=steps,
+        )
+
+    def draw(self, plt: Plot, width: int, height: int) -> None:
+        prepared = self._prepare(width)
+        if prepared is None:
+            return
+        figure, steps = prepared
         figure.plot(
             plt,
             self.settings.plotext_marker,

@@ -3,20 +3,24 @@ against each live run's share of time waiting on its data loader, with a verdict
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual_plotext.plot import Plot
 
 from cockpit.app.formatting import rgb, short_id
 from cockpit.app.messages import DeviceSample, GpuReading, RunState
 from cockpit.app.settings import ViewSettings
 from cockpit.app.verdict import RECENT_S, bottleneck, mean_since
-from cockpit.app.widgets.curves import buckets_for, swatch
+from cockpit.app.widgets.curves import Y_AXIS_CELLS, buckets_for, swatch
 from cockpit.app.widgets.live_text import LiveText
-from cockpit.app.widgets.plot import CachedPlot, set_y_ticks
+from cockpit.app.widgets.plot import CachedPlot, dot_grid, dots, set_y_ticks
+
+if TYPE_CHECKING:
+    from textual_plotext.plot import Plot
 
 WINDOW_S = 600.0
 GPU_COLORS = [
@@ -56,17 +60,27 @@ def gpu_value(reading: GpuReading, view: str) -> float | None:
     return 100.0 * reading.power_w / reading.power_limit_w
 
 
-def binned(points: Sequence[tuple[float, float]], buckets: int) -> tuple[list[float], list[float]]:
-    """(seconds ago, value) points averaged into ``buckets`` equal slices of the window, so
-    eight GPUs and eight runs over ten minutes still cost plotext a few hundred points."""
+def binned(
+    points: Sequence[tuple[float, float]], buckets: int, now: float
+) -> tuple[list[float], list[float]]:
+    """(unix time, value) points averaged into ``buckets`` slices of the window, as (seconds
+    before ``now``, mean) — so eight GPUs and eight runs over ten minutes still cost plotext
+    a few hundred points. The slices are fixed in time (not in ``now``) and only finished ones
+    are drawn: a slice's dot does not move while it fills, and the plot changes once per
+    slice (its width is one dot of the plot) rather than at every sample."""
     width = WINDOW_S / max(1, buckets)
+    current = math.floor(now / width)
+    oldest = now - WINDOW_S
     sums: dict[int, list[float]] = {}
     for t, v in points:
-        slot = sums.setdefault(int((t + WINDOW_S) // width), [0.0, 0.0])
-        slot[0] += v
-        slot[1] += 1
+        slot = math.floor(t / width)
+        if slot >= current or t < oldest:
+            continue
+        acc = sums.setdefault(slot, [0.0, 0.0])
+        acc[0] += v
+        acc[1] += 1
     keys = sorted(sums)
-    return [k * width - WINDOW_S + width / 2 for k in keys], [sums[k][0] / sums[k][1] for k in keys]
+    return [(k + 0.5) * width - now for k in keys], [sums[k][0] / sums[k][1] for k in keys]
 
 
 def live_runs(runs: Sequence[RunState]) -> list[RunState]:
@@ -85,7 +99,7 @@ def shown_gpus(samples: Sequence[DeviceSample], runs: Sequence[RunState]) -> lis
 class DevicePlot(CachedPlot):
     """0–100 % over the last ten minutes: GPUs (or the CPU) and each live run's data wait."""
 
-    min_redraw_s = 1.0  # its samples come once a second
+    min_redraw_s = 1.0  # its samples come once a second (and it changes once per dot column)
 
     def __init__(
         self, settings: ViewSettings, clock: Callable[[], float], *, id: str | None = None
@@ -96,37 +110,68 @@ class DevicePlot(CachedPlot):
         self.samples: tuple[DeviceSample, ...] = ()
         self.runs: list[RunState] = []
         self.view = "util"
+        self._prepared: tuple | None = None
 
-    def draw(self, plt: Plot, width: int, height: int) -> None:
+    def lines(self, width: int) -> list[tuple[list[float], list[float], tuple[int, int, int]]]:
+        """(seconds before now, percent, colour) of each line, binned for ``width`` cells."""
         now = self.clock()
-        marker = self.settings.plotext_marker
         buckets = buckets_for(width, self.settings)
         recent = [s for s in self.samples if s.t >= now - WINDOW_S]
-        lines: list[tuple[list[tuple[float, float]], tuple[int, int, int]]] = []
+        series: list[tuple[list[tuple[float, float]], tuple[int, int, int]]] = []
         gpus = shown_gpus(self.samples, self.runs)
         for n, index in enumerate(gpus):
             points = [
-                (s.t - now, gpu_value(g, self.view))
-                for s in recent
-                for g in s.gpus
-                if g.index == index
+                (s.t, gpu_value(g, self.view)) for s in recent for g in s.gpus if g.index == index
             ]
-            lines.append(
+            series.append(
                 ([(t, v) for t, v in points if v is not None], GPU_COLORS[n % len(GPU_COLORS)])
             )
         if not gpus:
-            lines.append(([(s.t - now, s.cpu) for s in recent], GPU_COLORS[0]))
+            series.append(([(s.t, s.cpu) for s in recent], GPU_COLORS[0]))
         for n, run in enumerate(self.runs):
-            lines.append(
+            series.append(
                 (
-                    [(t - now, 100.0 * w) for t, w in run.waits if t >= now - WINDOW_S],
+                    [(t, 100.0 * w) for t, w in run.waits if t >= now - WINDOW_S],
                     WAIT_COLORS[n % len(WAIT_COLORS)],
                 )
             )
-        for points, color in lines:
-            if points:
-                xs, ys = binned(points, buckets)
-                plt.plot(xs, ys, marker=marker, color=color)
+        out = []
+        for points, color in series:
+            xs, ys = binned(points, buckets, now)
+            if xs:
+                out.append((xs, ys, color))
+        return out
+
+    def invalidate(self) -> None:
+        self._prepared = None
+
+    def has_data(self) -> bool:
+        return bool(self._lines_for(self.size.width))
+
+    def _lines_for(self, width: int) -> list:
+        if self._prepared is None or self._prepared[0] != width:
+            self._prepared = (width, self.lines(width))
+        return self._prepared[1]
+
+    def visible_key(self) -> object:
+        width, height = self.size
+        self._prepared = None
+        marker = self.settings.plotext_marker
+        grid = dot_grid(width, height, marker, Y_AXIS_CELLS)
+        box = (-WINDOW_S, 0.0, -4.0, 104.0)
+        return (
+            marker,
+            grid,
+            *(
+                (color, dots(xs, ys, box, grid, points=False))
+                for xs, ys, color in self._lines_for(width)
+            ),
+        )
+
+    def draw(self, plt: Plot, width: int, height: int) -> None:
+        marker = self.settings.plotext_marker
+        for xs, ys, color in self._lines_for(width):
+            plt.plot(xs, ys, marker=marker, color=color)
         plt.xlim(-WINDOW_S, 0)
         plt.xticks([-600, -450, -300, -150, 0], ["-10m", "-7.5m", "-5m", "-2.5m", "now"])
         plt.ylim(-4, 104)

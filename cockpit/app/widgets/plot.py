@@ -2,30 +2,40 @@
 
 ``PlotextPlot`` rebuilds the whole plot on every repaint and hands Textual an ANSI string
 to parse. Here a build happens only when the size, the theme or the plot's ``revision``
-changed; new data bumps the revision at most twice a second (``request_redraw``), so a
-burst of steps costs one rebuild; and the strips are made straight from plotext's character
-and colour matrix (no ANSI text written and parsed back: that was most of a build's cost).
-Data is decimated before it reaches plotext (see envelope.py), so a build takes a few
-milliseconds whatever the run's length.
+changed; new data bumps the revision at most twice a second (``request_redraw``; every two
+seconds while the terminal is not focused), so a burst of steps costs one rebuild — and
+only if what the plot would show changed at the resolution of its dots (``visible_key``:
+the decimated points rounded to the plot's pixel grid, its ticks and colours): a step that
+moves no dot costs no build and no repaint. The strips are made straight from plotext's
+character and colour matrix (no ANSI text written and parsed back). Data is decimated
+before it reaches plotext (see envelope.py), so a build takes a few milliseconds whatever
+the run's length, and a plot with nothing to show never loads plotext.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import plotext._utility as plotext_utility
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.strip import Strip
 from textual.timer import Timer
 from textual.widget import Widget
-from textual_plotext.plot import Plot
+
+if TYPE_CHECKING:
+    from textual_plotext.plot import Plot
 
 MIN_REDRAW_S = 0.5
 """At most two data-driven rebuilds per second per plot."""
+UNFOCUSED_REDRAW_S = 2.0
+"""The throttle while the terminal reports that it lost focus (another window in front)."""
+VERTICAL_PIXELS = {"braille": 4, "hd": 2, "dot": 1}
+"""Dots per character cell, vertically, of plotext's markers (for ``visible_key``)."""
 AXIS_COLOR = (128, 128, 128)
 Y_LABEL_WIDTH = 6
 """Y tick labels are padded to this width so stacked plots share their x positions."""
@@ -35,6 +45,8 @@ Y_LABEL_WIDTH = 6
 def cell_style(colors: tuple) -> Style:
     """The rich Style of one plotext (foreground, style, background) triple — a plot has a
     handful of distinct ones, so each is parsed once."""
+    import plotext._utility as plotext_utility  # imported with the first plot drawn
+
     text = Text.from_ansi(plotext_utility.colors_to_ansi(*colors) + "x")
     return text.spans[0].style if text.spans else Style.null()  # type: ignore[return-value]
 
@@ -83,25 +95,56 @@ class CachedPlot(Widget):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self.plt = Plot()
-        """The plotext figure (textual-plotext's, which gives each widget its own)."""
+        self._plt: Plot | None = None
         self.revision = 0
         """Bumped when what the plot shows changed; part of the cache key."""
         self.builds = 0
         """How many times plotext built this plot (the tests check the throttle with it)."""
+        self.skipped = 0
+        """Data-driven redraws skipped because no dot would have moved."""
         self._key: tuple | None = None
         self._strips: list[Strip] = []
         self._last_build = -math.inf
         self._pending: Timer | None = None
+        self._visible: object = None
+        """``visible_key`` of what the strips show (None: unknown)."""
+        self._looked: object = None
+
+    @property
+    def plt(self) -> Plot:
+        """The plotext figure (textual-plotext's, which gives each widget its own), made on
+        first use: plotext is imported when a plot first has something to draw."""
+        if self._plt is None:
+            from textual_plotext.plot import Plot
+
+            self._plt = Plot()
+        return self._plt
 
     def draw(self, plt: Plot, width: int, height: int) -> None:
         """Plot the data onto a cleared figure of ``width`` × ``height`` cells."""
         raise NotImplementedError
 
+    def has_data(self) -> bool:
+        """False while there is nothing to draw: the plot is blank and plotext is not called."""
+        return True
+
+    def visible_key(self) -> object:
+        """What the plot would show, at the resolution of its dots (None: not known, so
+        always redraw). New data whose key equals the drawn one costs nothing."""
+        return None
+
     def _build(self) -> None:
         width, height = self.size
         key = (width, height, self.app.theme, self.revision)
         if key == self._key or width <= 0 or height <= 0:
+            return
+        if self._looked is not None:  # the look that asked for this build: its figure is drawn
+            self._visible, self._looked = self._looked, None
+        else:
+            self._visible = self.visible_key()
+        self._key = key
+        if not self.has_data():
+            self._strips = []
             return
         plt = self.plt
         plt.clear_figure()
@@ -111,7 +154,6 @@ class CachedPlot(Widget):
         plt.ticks_color(AXIS_COLOR)
         self.draw(plt, width, height)
         self._strips = matrix_strips(plt)
-        self._key = key
         self._last_build = time.monotonic()
         self.builds += 1
 
@@ -127,24 +169,83 @@ class CachedPlot(Widget):
         self._build()
         return "\n".join(strip.text for strip in self._strips)
 
+    def invalidate(self) -> None:
+        """Forget anything prepared for drawing (subclasses that cache a figure)."""
+
     def redraw_now(self) -> None:
         """Something the user changed (scale, markers, stage): redraw without waiting."""
+        self.invalidate()
+        self._looked = None
         self.revision += 1
         self.refresh()
 
+    def throttle_s(self) -> float:
+        """Seconds between data-driven redraws: slower while the terminal is not focused."""
+        focused = getattr(self.app, "app_focus", True)
+        return self.min_redraw_s if focused else max(self.min_redraw_s, UNFOCUSED_REDRAW_S)
+
     def request_redraw(self) -> None:
-        """New data: redraw now if the last build is old enough, else once, later."""
+        """New data: redraw now if the last look is old enough, else once, later — and only
+        if something visible changed."""
         if self._pending is not None:
             return
-        wait = self._last_build + self.min_redraw_s - time.monotonic()
+        wait = self._last_build + self.throttle_s() - time.monotonic()
         if wait <= 0:
-            self.redraw_now()
+            self._redraw_if_changed()
         else:
             self._pending = self.set_timer(wait, self._redraw_pending)
 
     def _redraw_pending(self) -> None:
         self._pending = None
-        self.redraw_now()
+        self._redraw_if_changed()
+
+    def _redraw_if_changed(self) -> None:
+        self._last_build = time.monotonic()  # a look counts against the throttle, build or not
+        if self._key is not None and self.size == self._key[:2]:
+            key = self.visible_key()
+            if key is not None and key == self._visible:
+                self.skipped += 1
+                return
+            self._looked = key
+        else:
+            self.invalidate()
+            self._looked = None
+        self.revision += 1
+        self.refresh()
+
+
+def dot_grid(width: int, height: int, marker: str, y_axis_cells: int) -> tuple[int, int]:
+    """(columns, rows) of dots of a plot area ``width`` × ``height`` cells in plotext."""
+    across = {"braille": 2, "hd": 2, "dot": 1}.get(marker, 2)
+    return (
+        max(1, (width - y_axis_cells) * across),
+        max(1, (height - 3) * VERTICAL_PIXELS.get(marker, 4)),
+    )
+
+
+def dots(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    box: tuple[float, float, float, float],
+    grid: tuple[int, int],
+    *,
+    points: bool,
+) -> bytes:
+    """The dots a series lights on a ``grid`` (columns, rows) spanning ``box`` (x low, x high,
+    y low, y high): as a set for scattered points, in order (repeats dropped) for a line."""
+    from cockpit.app.envelope import numpy
+
+    np = numpy()
+    x_lo, x_hi, y_lo, y_hi = box
+    cols, rows = grid
+    xq = np.floor((np.asarray(xs, dtype=np.float64) - x_lo) / ((x_hi - x_lo) or 1.0) * cols)
+    yq = np.floor((np.asarray(ys, dtype=np.float64) - y_lo) / ((y_hi - y_lo) or 1.0) * rows)
+    lit = (xq.astype(np.int64) << 32) | (yq.astype(np.int64) & 0xFFFFFFFF)
+    if points:
+        lit = np.unique(lit)
+    elif len(lit):
+        lit = lit[np.concatenate(([True], lit[1:] != lit[:-1]))]
+    return lit.tobytes()
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -199,22 +300,32 @@ def set_y_ticks(plt: Plot, ticks: list[float], labels: list[str]) -> None:
     plt.yticks(ticks, [label.rjust(Y_LABEL_WIDTH) for label in labels])
 
 
-def set_value_axis(plt: Plot, lo: float, hi: float, *, log: bool, count: int = 5) -> None:
-    """Y limits and ticks; with ``log`` the data are log10 values, the labels real ones."""
+def value_ticks(
+    lo: float, hi: float, *, log: bool, count: int = 5
+) -> tuple[float, float, list[float]]:
+    """The padded y limits and the tick positions of a value axis."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return
+        return lo, hi, []
     if hi <= lo:
         pad = abs(lo) * 0.05 or 0.5
         lo, hi = lo - pad, hi + pad
     else:
         pad = (hi - lo) * 0.04
         lo, hi = lo - pad, hi + pad
+    if log:
+        return lo, hi, log_ticks(lo, hi)
+    return lo, hi, [t for t in nice_ticks(lo, hi, count) if lo <= t <= hi]
+
+
+def set_value_axis(plt: Plot, lo: float, hi: float, *, log: bool, count: int = 5) -> None:
+    """Y limits and ticks; with ``log`` the data are log10 values, the labels real ones."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return
+    lo, hi, ticks = value_ticks(lo, hi, log=log, count=count)
     plt.ylim(lo, hi)
     if log:
-        ticks = log_ticks(lo, hi)
         set_y_ticks(plt, ticks, [tick_label(10**t) for t in ticks])
     else:
-        ticks = [t for t in nice_ticks(lo, hi, count) if lo <= t <= hi]
         set_y_ticks(plt, ticks, [tick_label(t) for t in ticks])
 
 
