@@ -74,27 +74,41 @@ class BatchIndependenceSettings:
 class OverfitSettings:
     samples: int = _f(1, "train samples to memorise")
     steps: int = _f(300, "step budget")
-    seconds: float = _f(30.0, "wall-time budget")
+    seconds: float = _f(
+        600.0, "wall-time guard against hangs (the budget is steps); a stage it ends warns"
+    )
     lr: float | None = _f(None, "learning rate (default: the preset's)")
-    reach: float = _f(0.02, "pass once the loss falls to this fraction of its first value")
+    reach: float = _f(
+        0.02, "pass once the loss is this close to its floor, as a fraction of the start's distance"
+    )
+    floor: float | None = _f(
+        None, "the loss's lowest possible value (default: known for torch's losses, else 0)"
+    )
 
 
 @dataclass(frozen=True)
 class OverfitFewSettings(OverfitSettings):
     samples: int = _f(8, "train samples to memorise (5–10 in the recipe)")
     steps: int = _f(400, "step budget")
-    seconds: float = _f(40.0, "wall-time budget")
 
 
 @dataclass(frozen=True)
 class GeneralizeSettings:
     steps: int = _f(400, "step budget on the full train set")
-    seconds: float = _f(45.0, "wall-time budget")
+    seconds: float = _f(
+        900.0, "wall-time guard against hangs (the budget is steps); a stage it ends warns"
+    )
     val_every: int = _f(1, "a random val batch every this many steps")
     eval_every: int = _f(100, "full-val metrics every this many steps (and at both ends)")
     margin: float = _f(
-        0.02,
-        "val loss must fall by at least this fraction of its start, and by more than its noise",
+        0.01,
+        "val loss must beat the input-blind baseline's loss by this fraction, and by its noise",
+    )
+    confidence: float = _f(
+        0.95, "confidence of the interval the val metric must clear above the baseline"
+    )
+    label_test: bool = _f(
+        True, "when val fails, train as long on shuffled labels to test whether labels inform"
     )
 
 
@@ -104,6 +118,12 @@ class SpeedSettings:
     seconds: float = _f(10.0, "wall-time cap per measurement")
     max_batch_s: float = _f(1.0, "fail when one batch of the real loop takes longer than this")
     data_bound: float = _f(0.3, "warn when the loop waits on data more than this share of the time")
+
+
+def is_data_bound(share: float, limit: float = SpeedSettings.data_bound) -> bool:
+    """The one rule for "data-bound", in the speed stage's verdict and the app's GPU panel
+    alike: the loop waits on the loader for more than ``limit`` of its time."""
+    return share > limit
 
 
 @dataclass(frozen=True)
@@ -120,6 +140,17 @@ class MultiGpuSettings:
     steps: int = _f(20, "steps compared between DDP and one process on the same global batch")
     tolerance: float = _f(1e-3, "largest relative gap between the two loss trajectories")
     batches: int = _f(20, "batches timed for the throughput scaling")
+
+
+@dataclass(frozen=True)
+class LrFindSettings:
+    min_lr: float = _f(1e-5, "the sweep's first learning rate")
+    max_lr: float = _f(1.0, "the sweep's last learning rate (it stops earlier at divergence)")
+    steps: int = _f(150, "steps of one sweep, the learning rate growing exponentially")
+    repeats: int = _f(3, "sweeps from different seeds, averaged: less noise in the curve")
+    seconds: float = _f(60.0, "wall-time budget of all sweeps together")
+    diverge: float = _f(4.0, "stop once the smoothed loss exceeds this multiple of its best")
+    min_gap: float = _f(2.0, "suggest this factor below the smoothed loss minimum's rate")
 
 
 @dataclass(frozen=True)
@@ -182,6 +213,12 @@ STAGES: dict[str, StageSpec] = {
             MultiGpuSettings,
             "engine.stages.multi_gpu:MultiGpuStage",
             "DDP keeps ranks identical, matches one process, and scales",
+        ),
+        StageSpec(
+            "lr_find",
+            LrFindSettings,
+            "engine.stages.lr_find:LrFindStage",
+            "LR range test: an exponential sweep, a noise-robust suggestion to paste",
         ),
     ]
 }
