@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -256,9 +255,9 @@ def watch(folder, proc) -> int:
 
 
 def _fmt(x, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}g}"
+    from engine.torchfree.numbers import significant
+
+    return significant(x, digits, "-")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 share of the last second the loop spent waiting on the data loader — one time axis.
 
 No GPU, no driver, no NVML library: one line in telemetry.jsonl says so, and sampling goes
-on with CPU and RAM only. NVML is initialised once and shut down at exit.
+on with CPU and RAM only. NVML comes through engine/torchfree/nvml.py, the one wrapper.
 """
 
 from __future__ import annotations
@@ -13,68 +13,8 @@ from typing import Any
 
 import psutil
 
+from engine.torchfree.nvml import Nvml
 from engine.torchfree.runfolder import JsonlAppender
-
-
-class Nvml:
-    """A thin, failure-proof view of NVML for one or more devices."""
-
-    def __init__(self) -> None:
-        self.error: str | None = None
-        self.pynvml: Any = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self.pynvml = pynvml
-        except ImportError:
-            self.error = "nvidia-ml-py is not installed"
-        except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-            self.error = f"NVML unavailable: {e}"
-
-    @property
-    def ok(self) -> bool:
-        return self.pynvml is not None
-
-    def count(self) -> int:
-        if not self.ok:
-            return 0
-        try:
-            return self.pynvml.nvmlDeviceGetCount()
-        except Exception:
-            return 0
-
-    def handle(self, index: int | None = None, uuid: str | None = None) -> Any:
-        nv = self.pynvml
-        if uuid:
-            try:
-                return nv.nvmlDeviceGetHandleByUUID(uuid)
-            except Exception:
-                pass
-        return nv.nvmlDeviceGetHandleByIndex(index or 0)
-
-    def sample(self, handle: Any) -> dict[str, Any]:
-        nv = self.pynvml
-        out: dict[str, Any] = {}
-        for key, fn in (
-            ("util", lambda: nv.nvmlDeviceGetUtilizationRates(handle).gpu),
-            ("mem_used_mb", lambda: nv.nvmlDeviceGetMemoryInfo(handle).used / 2**20),
-            ("mem_total_mb", lambda: nv.nvmlDeviceGetMemoryInfo(handle).total / 2**20),
-            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(handle) / 1000.0),
-        ):
-            try:
-                out[key] = round(float(fn()), 1)
-            except Exception:
-                out[key] = None
-        return out
-
-    def shutdown(self) -> None:
-        if self.ok:
-            try:
-                self.pynvml.nvmlShutdown()
-            except Exception:
-                pass
-            self.pynvml = None
 
 
 def cuda_uuid(device: Any) -> str | None:
@@ -104,7 +44,7 @@ class TelemetrySampler(threading.Thread):
         if self.nvml is not None and self.nvml.ok:
             try:
                 self.gpu = self.nvml.handle(index=device.index or 0, uuid=cuda_uuid(device))
-                self.gpu_index = int(self.nvml.pynvml.nvmlDeviceGetIndex(self.gpu))
+                self.gpu_index = self.nvml.index(self.gpu)
             except Exception as e:
                 self.nvml.error = f"NVML has no handle for {device}: {e}"
                 self.gpu = None
@@ -123,12 +63,7 @@ class TelemetrySampler(threading.Thread):
         if note:
             row["gpu_note"] = note
         else:
-            try:
-                row["gpu_name"] = self.nvml.pynvml.nvmlDeviceGetName(self.gpu)
-                if isinstance(row["gpu_name"], bytes):
-                    row["gpu_name"] = row["gpu_name"].decode()
-            except Exception:
-                pass
+            row["gpu_name"] = self.nvml.name(self.gpu)
         self.out.append(row)
 
     def run(self) -> None:
@@ -168,5 +103,5 @@ class TelemetrySampler(threading.Thread):
         if self.is_alive():
             self.join(timeout=2 * self.interval + 1)
         if self.nvml is not None:
-            self.nvml.shutdown()
+            self.nvml.close()
         self.out.close()

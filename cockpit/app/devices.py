@@ -18,6 +18,7 @@ import psutil
 from textual.message import Message
 
 from cockpit.app.messages import DeviceSample, DevicesSampled, GpuReading
+from engine.torchfree.nvml import Nvml
 
 WINDOW_S = 600.0
 """Seconds of samples kept (the GPU panel's time axis)."""
@@ -34,82 +35,57 @@ class DeviceProbe(Protocol):
 
 
 class NvmlProbe:
-    """GPUs through NVML (initialised once, shut down on close), CPU load through psutil."""
+    """GPUs through NVML (the one wrapper, engine/torchfree/nvml.py), CPU load through psutil."""
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
         self.note: str | None = None
-        self._nvml: Any = None
+        self._nvml = Nvml()
         self._handles: list[tuple[int, Any, str, float | None]] = []
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except ImportError:
-            self.note = "no GPU monitoring: nvidia-ml-py is not installed"
-        except Exception as e:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
-            self.note = f"no GPU here (NVML: {_nvml_reason(e)})"
-        if self._nvml is not None:
+        if not self._nvml.ok:
+            reason = self._nvml.error or "NVML unavailable"
+            self.note = (
+                f"no GPU monitoring: {reason}"
+                if "not installed" in reason
+                else f"no GPU here ({reason.replace('NVML unavailable: ', 'NVML: ')})"
+            )
+        else:
             self._open_devices()
         psutil.cpu_percent(None)  # the first call only starts the measurement
 
     def _open_devices(self) -> None:
-        nv = self._nvml
-        try:
-            count = nv.nvmlDeviceGetCount()
-        except Exception as e:
-            self.note = f"no GPU here (NVML: {_nvml_reason(e)})"
-            return
-        for index in range(count):
+        nvml = self._nvml
+        for index in range(nvml.count()):
             try:
-                handle = nv.nvmlDeviceGetHandleByIndex(index)
+                handle = nvml.handle(index=index)
             except Exception:
                 continue
-            name = _quiet(lambda h=handle: nv.nvmlDeviceGetName(h)) or f"GPU {index}"
-            if isinstance(name, bytes):
-                name = name.decode(errors="replace")
-            limit = _quiet(lambda h=handle: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0)
-            self._handles.append((index, handle, str(name), limit))
+            name = nvml.name(handle) or f"GPU {index}"
+            self._handles.append((index, handle, str(name), nvml.power_limit_w(handle)))
         if not self._handles:
             self.note = "no GPU here (NVML found no device)"
 
     def read(self) -> DeviceSample:
-        nv = self._nvml
         gpus = []
         for index, handle, name, limit in self._handles:
-            memory = _quiet(lambda h=handle: nv.nvmlDeviceGetMemoryInfo(h))
-            processes = _quiet(lambda h=handle: nv.nvmlDeviceGetComputeRunningProcesses(h)) or []
+            values = self._nvml.sample(handle)
+            processes = self._nvml.processes(handle) or []
             gpus.append(
                 GpuReading(
                     index=index,
                     name=name,
-                    util=_quiet(lambda h=handle: float(nv.nvmlDeviceGetUtilizationRates(h).gpu)),
-                    mem_used_mb=memory.used / 2**20 if memory else None,
-                    mem_total_mb=memory.total / 2**20 if memory else None,
-                    power_w=_quiet(lambda h=handle: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                    util=values["util"],
+                    mem_used_mb=values["mem_used_mb"],
+                    mem_total_mb=values["mem_total_mb"],
+                    power_w=values["power_w"],
                     power_limit_w=limit,
-                    pids=tuple(int(p.pid) for p in processes),
+                    pids=tuple(pid for pid, _ in processes),
                 )
             )
         return DeviceSample(self.clock(), tuple(gpus), psutil.cpu_percent(None))
 
     def close(self) -> None:
-        if self._nvml is not None:
-            _quiet(self._nvml.nvmlShutdown)
-            self._nvml = None
-
-
-def _quiet(read: Callable[[], Any]) -> Any:
-    """One NVML reading, or None when this GPU cannot give it (not every GPU reports power)."""
-    try:
-        return read()
-    except Exception:
-        return None
-
-
-def _nvml_reason(error: Exception) -> str:
-    return str(error) or type(error).__name__
+        self._nvml.close()
 
 
 class DeviceSampler:

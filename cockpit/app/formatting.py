@@ -6,6 +6,7 @@ import math
 
 from rich.text import Text
 
+from engine.torchfree.numbers import compact, significant, steps_compact, thousands
 from engine.torchfree.runfolder import RunSnapshot
 
 STATUS_LOOK: dict[str, tuple[str, str]] = {
@@ -66,34 +67,17 @@ def verdict_glyph(status: str) -> Text:
 
 def number(x: float | None, digits: int = 4) -> str:
     """Loss-like numbers: 4 significant digits, '-' for missing."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-        mantissa, exponent = f"{x:.{max(1, digits - 2)}e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{x:.{digits}g}"
+    return significant(x, digits, "-", big=1e5)
 
 
 def compact_number(x: float | None) -> str:
     """At most 6 characters, for table cells: 0.8243, 0.0123, 4.7e-4, 1.2e5."""
-    if x is None or not math.isfinite(x):
-        return "-"
-    a = abs(x)
-    if a == 0:
-        return "0"
-    if a >= 1e4 or a < 0.01:
-        mantissa, exponent = f"{x:.1e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{x:.3g}" if a < 0.1 else f"{x:.4g}"
+    return compact(x)
 
 
 def compact_count(n: float) -> str:
     """Steps in at most 6 characters: 950, 20 000, 123k, 1.2M."""
-    if n < 100_000:
-        return count(n)
-    if n < 1_000_000:
-        return f"{n / 1000:.0f}k"
-    return f"{n / 1e6:.3g}M"
+    return steps_compact(n)
 
 
 def share(x: float | None) -> str:
@@ -105,9 +89,7 @@ def share(x: float | None) -> str:
 
 def count(n: float | None) -> str:
     """Steps with a thin space every three digits: 1 234 567."""
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
-        return "-"
-    return f"{int(n):,}".replace(",", "\u2009")
+    return thousands(n)
 
 
 def age(seconds: float) -> str:

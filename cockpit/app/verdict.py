@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-DATA_BOUND = 0.2
-"""A loop that waits on the loader for this share of its time or more is data-bound."""
+from engine.torchfree.ladder import is_data_bound
+
 GPU_BUSY = 80.0
 """GPU utilization (%) from which the device counts as kept busy."""
 RECENT_S = 60.0
@@ -25,15 +25,15 @@ def bottleneck(wait_share: float | None, gpu_util: float | None) -> str:
         return "no telemetry in the last minute"
     wait = f"{wait_share:.0%}"
     if gpu_util is None:
-        if wait_share >= DATA_BOUND:
+        if is_data_bound(wait_share):
             return f"data-bound: the loop waits on the loader {wait} of the time"
         return f"compute-bound: waits on the loader only {wait} of the time"
     idle = f"{100.0 - gpu_util:.0f}%"
-    if wait_share >= DATA_BOUND and gpu_util < GPU_BUSY:
+    if is_data_bound(wait_share) and gpu_util < GPU_BUSY:
         return (
             f"data-bound: GPU idle {idle} of the time while the loop waits on the loader ({wait})"
         )
-    if wait_share >= DATA_BOUND:
+    if is_data_bound(wait_share):
         return (
             f"GPU busy {gpu_util:.0f}% yet the loop waits on the loader {wait} of the time: "
             "another process shares this GPU?"

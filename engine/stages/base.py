@@ -6,6 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+# the stages' names for the one number formatter (engine/torchfree/numbers.py)
+from engine.torchfree.numbers import duration as secs  # noqa: F401
+from engine.torchfree.numbers import significant as fmt  # noqa: F401
+
 if TYPE_CHECKING:
     from engine.context import RunContext
     from engine.distributed.rank import Ranks
@@ -98,30 +102,6 @@ def crash_verdict(result: dict) -> Verdict:
         f"DDP on {result['world']} processes crashed: {result['error']} (traceback in engine.log)"
     )
     return Verdict("fail", reason, [Check("ddp_runs", "fail", reason)])
-
-
-def fmt(x: float | None, digits: int = 3) -> str:
-    """A loss or metric for humans: 3 significant digits, 'nan' spelled out."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "nan"
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if abs(x) >= 1000 or abs(x) < 1e-3:
-        return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}"
-
-
-def secs(x: float) -> str:
-    """Durations for humans: '0.17 ms', '7.5 ms', '1.2 s'."""
-    if x is None or not math.isfinite(x):
-        return "?"
-    if x < 1e-3:
-        return f"{x * 1e6:.0f} µs"
-    if x < 1.0:
-        return f"{x * 1e3:.3g} ms"
-    return f"{x:.3g} s"
 
 
 def mean(xs: list[float]) -> float:

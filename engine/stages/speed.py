@@ -17,6 +17,7 @@ from engine.context import RunContext, cpu_count
 from engine.data import EpochIterator, move
 from engine.loop import TrainStep, train_loop, train_mode
 from engine.stages.base import Check, Stage, Verdict, from_checks, secs
+from engine.torchfree.ladder import is_data_bound
 
 
 def _sync(device: torch.device) -> None:
@@ -53,7 +54,12 @@ class SpeedStage(Stage):
         model = ctx.build_model()
         optimizer = ctx.build_optimizer(model)
         step = TrainStep(
-            model, optimizer, ctx.loss_fn, device=ctx.device, precision=ctx.precision
+            model,
+            optimizer,
+            ctx.loss_fn,
+            device=ctx.device,
+            precision=ctx.precision,
+            custom=ctx.custom,
         )
         batch = move(first, ctx.device)
         train_mode(model)
@@ -94,7 +100,7 @@ class SpeedStage(Stage):
         )
 
         checks = [self.check_batch_time(step_s)]
-        bottleneck = "data" if wait > s.data_bound else "compute"  # what the real loop does
+        bottleneck = "data" if is_data_bound(wait, s.data_bound) else "compute"
         metrics["data_bound"] = 1.0 if bottleneck == "data" else 0.0
         checks.append(self.check_data_wait(ctx, wait, data_s, compute_s, t_first))
         summary = (
@@ -120,7 +126,7 @@ class SpeedStage(Stage):
     def check_data_wait(
         self, ctx: RunContext, wait: float, data_s: float, compute_s: float, first_s: float
     ) -> Check:
-        if wait <= self.settings.data_bound:
+        if not is_data_bound(wait, self.settings.data_bound):
             return Check(
                 "data_wait", "pass", f"the loop waits on data {100 * wait:.0f}% of the time"
             )

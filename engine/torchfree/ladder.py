@@ -148,7 +148,9 @@ class LrFindSettings:
     max_lr: float = _f(1.0, "the sweep's last learning rate (it stops earlier at divergence)")
     steps: int = _f(150, "steps of one sweep, the learning rate growing exponentially")
     repeats: int = _f(3, "sweeps from different seeds, averaged: less noise in the curve")
-    seconds: float = _f(60.0, "wall-time budget of all sweeps together")
+    seconds: float = _f(
+        600.0, "wall-time guard against hangs (the budget is steps); a sweep it cuts warns"
+    )
     diverge: float = _f(4.0, "stop once the smoothed loss exceeds this multiple of its best")
     min_gap: float = _f(2.0, "suggest this factor below the smoothed loss minimum's rate")
 

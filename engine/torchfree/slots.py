@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from engine.torchfree.nvml import Nvml
 from engine.torchfree.runfolder import RunFolder, process_alive, read_json
 
 POLL_S = 0.25
@@ -68,17 +69,8 @@ _nvml_count_cache: int | None = None
 def _nvml_count() -> int:
     global _nvml_count_cache
     if _nvml_count_cache is None:
-        _nvml_count_cache = 0
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            try:
-                _nvml_count_cache = int(pynvml.nvmlDeviceGetCount())
-            finally:
-                pynvml.nvmlShutdown()
-        except Exception:  # no library, no driver, no GPU: a CPU machine
-            pass
+        with Nvml() as nvml:  # no library, no driver, no GPU: 0, a CPU machine
+            _nvml_count_cache = nvml.count()
     return _nvml_count_cache
 
 
@@ -202,7 +194,34 @@ class Ask:
 
 
 def _open(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    _share(fd)
+    return fd
+
+
+def _share(fd_or_path: int | Path, mode: int = 0o666) -> None:
+    """Slot files and folders stay usable by everyone who can reach the workspace (whose own
+    mode decides who that is: private by default, a group when shared), whatever the umask."""
+    try:
+        st = os.stat(fd_or_path)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != mode:
+            os.chmod(fd_or_path, mode)
+    except OSError:
+        pass
+
+
+def _mkdirs(path: Path) -> None:
+    """``path`` and the missing folders above it under the workspace, shared as ``_share``."""
+    missing = []
+    p = Path(path)
+    while not p.exists() and p.name != ".slots" and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not p.exists():  # .slots itself
+        missing.append(p)
+    path.mkdir(parents=True, exist_ok=True)
+    for d in missing:
+        _share(d, 0o777)
 
 
 def _try_lock(fd: int, shared: bool = False) -> bool:
@@ -343,7 +362,7 @@ def announce(folder: RunFolder) -> None:
     request = folder.request()
     root = slots_root(folder.path.parent)
     queue = root / "queue"
-    queue.mkdir(parents=True, exist_ok=True)
+    _mkdirs(queue)
     stem = f"{float(request.get('created') or time.time()):017.6f}-{folder.run_id}"
     info = {
         "run_id": folder.run_id,
@@ -378,7 +397,7 @@ class Waiter:
         return self.queue / f"{self.stem}.{self.phase}"
 
     def enqueue(self) -> None:
-        self.queue.mkdir(parents=True, exist_ok=True)
+        _mkdirs(self.queue)
         tmp = self.queue / f".{self.stem}.tmp"
         fd = _open(tmp)
         _try_lock(fd)
@@ -461,7 +480,7 @@ class Waiter:
 
     def _take_token(self) -> bool:
         assert self.group_dir is not None and self.ask.parallel
-        self.group_dir.mkdir(parents=True, exist_ok=True)
+        _mkdirs(self.group_dir)
         for i in range(self.ask.parallel):
             fd = _open(self.group_dir / f"token-{i}.lock")
             if _try_lock(fd):
@@ -583,7 +602,7 @@ def acquire(
     ask = Ask.of(folder, request, gpus, cpu_slots)
     check_fits(ask.kind, ask.need, gpus)
     root = slots_root(workspace)
-    root.mkdir(parents=True, exist_ok=True)
+    _mkdirs(root)
     waiter = Waiter(root, ask, gpus, workspace)
     shown: dict | None = None
     with _mutex(root):
@@ -611,28 +630,17 @@ def _gpu_processes(indices: list[int]) -> dict[int, list[tuple[int, float | None
     """NVML: GPU index -> [(pid, used MB)] of every compute process on it; {} without NVML."""
     if not indices or (os.environ.get(FAKE_GPUS_ENV) or "").strip():
         return {}
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return {}
     out: dict[int, list[tuple[int, float | None]]] = {}
-    try:
+    with Nvml() as nvml:
+        if not nvml.ok:
+            return {}
         for i in indices:
             try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                procs = nvml.processes(nvml.handle(index=i))
             except Exception:
                 continue
-            out[i] = [
-                (int(p.pid), (p.usedGpuMemory / 2**20) if p.usedGpuMemory else None) for p in procs
-            ]
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
+            if procs is not None:
+                out[i] = procs
     return out
 
 

@@ -15,8 +15,8 @@ from rich.text import Text
 
 from cockpit.app import formatting as fmt
 from cockpit.app.messages import RunState
-from cockpit.app.verdict import DATA_BOUND
 from cockpit.app.widgets.vim_table import VimTable
+from engine.torchfree.ladder import is_data_bound
 from engine.torchfree.tasks import HIGHER_IS_BETTER
 
 
@@ -155,7 +155,7 @@ def run_cells(
     status = "stopping" if stopping else fmt.display_status(s)
     label = f"queued #{place}" if status == "queued" and place else status
     gpu = f"{s.gpu_util:.0f}%" if math.isfinite(s.gpu_util) else "-"
-    slow = math.isfinite(s.data_wait) and s.data_wait >= DATA_BOUND
+    slow = math.isfinite(s.data_wait) and is_data_bound(s.data_wait)
     return {
         "run": Text.assemble(
             ("◆" if marked else " ", "bold #e5c07b"), (prefix, "dim"), fmt.short_id(s.run_id)
