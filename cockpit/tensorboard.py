@@ -230,7 +230,11 @@ class Scalars:
 
 
 class EventFileError(ValueError):
-    """A record that is not a TFRecord (a corrupt or foreign file)."""
+    """A record that is not a TFRecord (a corrupt or foreign file); ``pos`` is its offset."""
+
+    def __init__(self, message: str, pos: int = 0):
+        super().__init__(message)
+        self.pos = pos
 
 
 def _read_varint(buf, pos: int) -> tuple[int, int]:
@@ -401,7 +405,9 @@ def _parse(buf, out: Scalars, tag_cache: dict, verify: bool) -> int:
             continue
         (length,) = _Q.unpack_from(buf, pos)
         if length > 1 << 31:
-            raise EventFileError(f"record at byte {pos} claims {length} bytes: not an event file")
+            raise EventFileError(
+                f"record at byte {pos} claims {length} bytes: not an event file", pos
+            )
         end = pos + 12 + length + 4
         if end > n:
             break
@@ -463,9 +469,17 @@ def _step_field(sb: bytes) -> int:
 
 def _one_by_one(buf, pos: int, stop: int, out: Scalars, tag_cache: dict, verify: bool) -> int:
     """Records starting before ``stop``, one regex match (or decode) each."""
-    n = len(buf)
     walls: list[bytes] = []
     vals: list[bytes] = []
+    try:
+        return _records(buf, pos, stop, out, tag_cache, verify, walls, vals)
+    finally:  # also when a broken record stops us: the columns stay aligned
+        if walls:
+            _flush_fast(out, walls, vals)
+
+
+def _records(buf, pos, stop, out, tag_cache, verify, walls, vals) -> int:
+    n = len(buf)
     fast = _FAST.match
     while pos + 12 <= n and pos < stop:
         m = fast(buf, pos)
@@ -486,7 +500,9 @@ def _one_by_one(buf, pos: int, stop: int, out: Scalars, tag_cache: dict, verify:
                 continue
         (length,) = _Q.unpack_from(buf, pos)
         if length > 1 << 31:
-            raise EventFileError(f"record at byte {pos} claims {length} bytes: not an event file")
+            raise EventFileError(
+                f"record at byte {pos} claims {length} bytes: not an event file", pos
+            )
         end = pos + 12 + length + 4
         if end > n:
             break
@@ -494,11 +510,10 @@ def _one_by_one(buf, pos: int, stop: int, out: Scalars, tag_cache: dict, verify:
             _check(buf, pos, end, length)
         if walls:  # keep file order: the fast records' columns first
             _flush_fast(out, walls, vals)
-            walls, vals = [], []
+            walls.clear()
+            vals.clear()
         _decode_event(buf, pos + 12, pos + 12 + length, out, tag_cache)
         pos = end
-    if walls:
-        _flush_fast(out, walls, vals)
     return pos
 
 
@@ -514,10 +529,10 @@ def _flush_fast(out: Scalars, walls: list[bytes], vals: list[bytes]) -> None:
 def _check(buf, pos: int, end: int, length: int) -> None:
     header = bytes(buf[pos : pos + 8])
     if _I.unpack_from(buf, pos + 8)[0] != masked_crc(header):
-        raise EventFileError(f"record at byte {pos}: the length's CRC does not match")
+        raise EventFileError(f"record at byte {pos}: the length's CRC does not match", pos)
     payload = bytes(buf[pos + 12 : pos + 12 + length])
     if _I.unpack_from(buf, end - 4)[0] != masked_crc(payload):
-        raise EventFileError(f"record at byte {pos}: the payload's CRC does not match")
+        raise EventFileError(f"record at byte {pos}: the payload's CRC does not match", pos)
 
 
 class EventFileTail:
@@ -542,9 +557,13 @@ class EventFileTail:
             return out
         try:
             used = parse_records(buf, out, self.tag_cache, verify=self.verify)
-        except (EventFileError, IndexError, struct.error) as e:
+        except EventFileError as e:  # what came before it is good; the rest waits, reported
             self.error = f"{self.path}: {e}"
+            self.offset += e.pos
             return out
+        except (IndexError, struct.error) as e:  # a broken protobuf inside a framed record
+            self.error = f"{self.path}: a broken event near byte {self.offset}: {e}"
+            return Scalars()
         self.offset += used
         return out
 
