@@ -35,6 +35,7 @@ from engine.torchfree.runfolder import (
     remove_temp_files,
     write_error,
 )
+from engine.torchfree.status import Run as RunStatus
 
 
 def log(msg: str) -> None:
@@ -70,12 +71,11 @@ class Runner:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_signal)
         try:
-            self.save(status="queued", pid=os.getpid(), host=socket.gethostname())
+            self.save(status=RunStatus.QUEUED, pid=os.getpid(), host=socket.gethostname())
             code = self._run()
         except BaseException as e:  # a bug in the engine (or a full disk): log it, record it
             log("engine crashed:\n" + traceback.format_exc())
-            self.finish(
-                "error",
+            self.finish(RunStatus.ERROR,
                 write_error(e)
                 if is_disk_error(e)
                 else f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)",
@@ -91,15 +91,15 @@ class Runner:
                 self.folder,
                 self.request,
                 lambda: self.stop.requested,
-                on_wait=lambda place: self.save(status="queued", **place),
+                on_wait=lambda place: self.save(status=RunStatus.QUEUED, **place),
             )
         except slots.SlotError as e:
-            return self.finish("error", str(e), error_kind="preset")
+            return self.finish(RunStatus.ERROR, str(e), error_kind="preset")
         if self.lease is None or self.stop.requested:
-            return self.finish("killed", "stopped while queued")
+            return self.finish(RunStatus.KILLED, "stopped while queued")
         os.environ.update(self.lease.env)  # CUDA_VISIBLE_DEVICES before torch is imported
         self.save(
-            status="running",
+            status=RunStatus.RUNNING,
             started=time.time(),
             queue=None,
             queue_position=None,
@@ -117,7 +117,7 @@ class Runner:
         except PresetError as e:
             log(f"preset error: {e}")
             self.event("error", kind="preset", message=str(e))
-            self.finish("error", str(e), error_kind="preset")
+            self.finish(RunStatus.ERROR, str(e), error_kind="preset")
             return 2
         finally:
             if self.lease is not None:
@@ -162,18 +162,21 @@ class Runner:
             ctx = RunContext(preset, self.folder, names, self.request, stop=self.stop)
         except UserCodeError as e:
             self.event("error", kind="data", message=str(e))
-            return self.finish("failed", f"building the data failed: {e}")
+            return self.finish(RunStatus.FAILED, f"building the data failed: {e}")
         except PresetError:
             raise
         except Exception as e:
             log("building the data failed:\n" + traceback.format_exc())
             msg = f"building the data failed: {type(e).__name__}: {e} (traceback in engine.log)"
             self.event("error", kind="data", message=msg)
-            return self.finish("failed", msg)
+            return self.finish(RunStatus.FAILED, msg)
         from engine.torchfree import pruning
 
         pruning.attach(ctx, self.request)
         self.folder.write_steps_header()
+        from engine.batches import write_batches
+
+        write_batches(ctx)  # batches/{train,val}.json: what the model receives (cockpit show)
         self.save(
             device=str(ctx.device),
             task=ctx.task,
@@ -190,15 +193,15 @@ class Runner:
 
         sampler = TelemetrySampler(self.folder.file("telemetry.jsonl"), ctx.meter, ctx.device)
         sampler.start()
-        status, reason = "passed", ""
+        status, reason = RunStatus.PASSED, ""
         try:
             for i, name in enumerate(names):
                 verdict, seconds = self.run_stage(ctx.for_stage(i), name)
                 if verdict is None:
                     pruned = self.stop.pruned
                     if pruned:
-                        return self.finish("killed", pruned["reason"], pruned=pruned)
-                    return self.finish("killed", f"stopped during {name}")
+                        return self.finish(RunStatus.KILLED, pruned["reason"], pruned=pruned)
+                    return self.finish(RunStatus.KILLED, f"stopped during {name}")
                 record = {"name": name, **verdict.to_json(), "seconds": round(seconds, 2)}
                 self.summary["stages"].append(record)
                 ctx.verdicts[name] = verdict
@@ -209,11 +212,11 @@ class Runner:
                 log(f"{name}: {verdict.status} — {verdict.reason}")
                 if verdict.status == "fail":
                     crashed = any(c.name == "crash" for c in verdict.checks)
-                    status = "error" if crashed else "failed"
+                    status = RunStatus.ERROR if crashed else RunStatus.FAILED
                     reason = f"{name}: {verdict.reason}"
                     break
                 if self.stop.requested:
-                    return self.finish("killed", f"stopped after {name}")
+                    return self.finish(RunStatus.KILLED, f"stopped after {name}")
         finally:
             sampler.stop()
         return self.finish(status, reason)
@@ -268,7 +271,7 @@ class Runner:
             self.event("run_end", status=status, reason=reason)
         except OSError as e:  # a full disk: drop our temp files, record why, and go
             remove_temp_files(self.folder.path, os.getpid())
-            status, reason = "error", write_error(e)
+            status, reason = RunStatus.ERROR, write_error(e)
             try:
                 self.save(status=status, reason=reason, ended=time.time(), current_stage=None)
             except OSError:
@@ -276,7 +279,7 @@ class Runner:
         log(f"run {status}" + (f": {reason}" if reason else ""))
         if extra.get("error_kind") == "preset":
             return 2
-        return 0 if status == "passed" else 1
+        return 0 if status == RunStatus.PASSED else 1
 
 
 def _first_line(e: BaseException) -> str:

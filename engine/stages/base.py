@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 # the stages' names for the one number formatter (engine/torchfree/numbers.py)
 from engine.torchfree.numbers import duration as secs  # noqa: F401
 from engine.torchfree.numbers import significant as fmt  # noqa: F401
+from engine.torchfree.status import Verdict as VerdictStatus
 
 if TYPE_CHECKING:
     from engine.context import RunContext
     from engine.distributed.rank import Ranks
 
-ORDER = {"pass": 0, "skip": 0, "warn": 1, "fail": 2}
+ORDER = VerdictStatus.SEVERITY
 
 
 @dataclass

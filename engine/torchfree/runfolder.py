@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.torchfree.status import Run as RunStatus
+
 STEP_COLUMNS = (
     "step",  # optimizer step within its stage (continues the parent's count after a warm fork)
     "time",  # unix time when the step's values were produced
@@ -54,8 +56,8 @@ STEP_COLUMNS = (
 _RECORD = struct.Struct("<" + "d" * len(STEP_COLUMNS))
 RECORD_SIZE = _RECORD.size
 
-LIVE = ("queued", "running")
-FINAL = ("passed", "failed", "error", "killed")
+LIVE = RunStatus.LIVE
+FINAL = RunStatus.FINAL
 WORKSPACE_ENV = "COCKPIT_WORKSPACE"
 
 
@@ -371,7 +373,7 @@ _SUMMARY_FIELDS: dict[str, tuple[str, Any]] = {
     "queue_position": ("a number or null", lambda v: v is None or _is_number(v)),
     "device": ("text or null", lambda v: v is None or isinstance(v, str)),
 }
-STATUSES = (*LIVE, *FINAL)
+STATUSES = RunStatus.ALL
 
 
 def check_summary(raw: dict) -> tuple[dict, str | None]:
