@@ -47,6 +47,10 @@ class OverfitStage(Stage):
     seed_check = False
 
     def run(self, ctx: RunContext) -> Verdict:
+        if ctx.custom is not None:  # the step's main loss must reach its floor
+            from engine import custom_step
+
+            return custom_step.overfit_stage(self, ctx)
         s = self.settings
         n = min(s.samples, len(ctx.data.train))
         what = "one sample" if n == 1 else f"{n} samples"
@@ -369,7 +373,7 @@ def _to_floor(shape: CurveShape, value: float | None = None) -> str:
     share = 100 * gap / gap0 if gap0 > 0 else math.nan
     if shape.floor == 0:
         return f"{share:.1f}% of its start"
-    return f"{share:.1f}% of the way from its floor {fmt(shape.floor)} to its start"
+    return f"{share:.1f}% of its start's distance above its floor {fmt(shape.floor)}"
 
 
 def _round_steps(x: float) -> str:
