@@ -23,20 +23,14 @@ from typing import Any
 
 from engine.torchfree.preset import Preset, PruneSettings
 from engine.torchfree.runfolder import JsonlTail, read_json
-
-# the metrics each task's full-val evaluation reports, and whether higher is better
-TASK_METRICS = {
-    "classification": {"val_loss": False, "accuracy": True, "macro_f1": True},
-    "segmentation": {"val_loss": False, "miou": True, "pixel_acc": True},
-    "regression": {"val_loss": False, "mae": False},
-}
+from engine.torchfree.tasks import HIGHER_IS_BETTER, TASK_METRICS
 
 
 def settings_of(preset: Preset) -> PruneSettings:
     """The preset's prune section; PresetError when its metric is not one the task reports."""
     settings = PruneSettings(**(preset.get("prune") or {}))
     task = preset.get("task")
-    known = TASK_METRICS.get(task, {})
+    known = TASK_METRICS.get(task, ())
     if settings.rule not in ("median", "none"):
         raise preset.error(
             "prune.rule", f"prune.rule must be median or none, got '{settings.rule}'."
@@ -183,7 +177,7 @@ def attach(ctx: Any, request: dict) -> MedianPruner | None:
 
     peers = GroupPeers(ctx.folder.path.parent, group, ctx.folder.run_id)
     pruner = MedianPruner(
-        settings, peers, TASK_METRICS[ctx.preset.get("task")][settings.metric], stop
+        settings, peers, HIGHER_IS_BETTER[settings.metric], stop
     )
     ctx.eval_listeners.append(pruner)
     return pruner

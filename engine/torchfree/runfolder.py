@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.torchfree.status import Run as RunStatus
+from engine.torchfree.tasks import MAIN_METRIC
 
 STEP_COLUMNS = (
     "step",  # optimizer step within its stage (continues the parent's count after a warm fork)
@@ -823,7 +824,7 @@ class RunFolder:
             snap.last_time = last_time if math.isfinite(last_time) else None
         ev = self.last_eval()
         if ev:
-            for key in ("accuracy", "miou", "mae"):
+            for key in MAIN_METRIC.values():
                 if _is_number(ev.get(key)):
                     snap.metric_name, snap.metric = key, float(ev[key])
                     break

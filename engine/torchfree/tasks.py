@@ -24,3 +24,10 @@ HIGHER_IS_BETTER = {
     "val_loss": False,
 }
 """Which way each full-val metric improves."""
+
+TASK_METRICS = {
+    "classification": ("val_loss", "accuracy", "macro_f1"),
+    "segmentation": ("val_loss", "miou", "pixel_acc"),
+    "regression": ("val_loss", "mae"),
+}
+"""What each task's full-val evaluation reports (engine/metrics.py writes these to evals.jsonl)."""
