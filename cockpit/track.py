@@ -81,7 +81,7 @@ DEPTH = 8
 """CUDA readback slots: ``log`` waits on the device only when it is this many calls behind."""
 FLUSH_S = 0.25
 """Logged rows reach the file at least this often while the script logs."""
-FLUSH_ROWS = 512
+FLUSH_BYTES = 512 * RECORD_SIZE
 _NAN = math.nan
 _pack = struct.Struct("<" + "d" * len(STEP_COLUMNS)).pack
 _perf = time.perf_counter
@@ -221,8 +221,9 @@ class Run:
         self.steps = 0
         self._closed = False
         self._lock = threading.RLock()  # a signal handler may flush inside a flush
-        self._rows: deque[bytes] = deque()
+        self._rows = bytearray()  # packed steps.bin records; += and del are atomic under the GIL
         self._extras: deque[tuple] = deque()
+        self._formats: dict[tuple, str] = {}  # a JSON line's template per set of names
         self._pending: deque[_Pending] = deque()
         self._readback: _Readback | None = None
         self._device = "cpu"
@@ -272,23 +273,29 @@ class Run:
         if self._closed:
             return
         self.steps += 1
-        if (
+        fast = (
             type(train_loss) is float
             and type(val_loss) is float
             and type(lr) is float
             and type(data_s) is float
-            and not metrics
             and not self._pending
-        ):
-            self._rows.append(
-                _pack(step, _time(), 0.0, train_loss, val_loss, data_s, step_s, _NAN, lr)
-            )
+        )
+        if fast and metrics:
+            for v in metrics.values():
+                if type(v) is not float:
+                    fast = False
+                    break
+        if fast:
+            t = _time()
+            self._rows += _pack(step, t, 0.0, train_loss, val_loss, data_s, step_s, _NAN, lr)
+            if metrics:
+                self._extras.append((step, t, metrics))  # a fresh dict of floats: kept as is
             if data_s == data_s:
                 self._data_total += data_s
         else:
             self._log_slow(step, step_s, train_loss, val_loss, lr, data_s, metrics)
         self._step_total += step_s
-        if now - self._last_flush > FLUSH_S or len(self._rows) >= FLUSH_ROWS:
+        if now - self._last_flush > FLUSH_S or len(self._rows) >= FLUSH_BYTES:
             self.flush()
 
     def _log_slow(self, step, step_s, train_loss, val_loss, lr, data_s, metrics) -> None:
@@ -367,7 +374,7 @@ class Run:
             self._emit(p.fixed, p.extras)
 
     def _emit(self, fixed: list, extras: dict | None) -> None:
-        self._rows.append(_pack(*fixed))
+        self._rows += _pack(*fixed)
         if extras:
             self._extras.append((fixed[0], fixed[1], extras))
 
@@ -393,19 +400,23 @@ class Run:
             self._last_flush = _perf()
             rows = self._rows
             if rows:
-                parts = []
-                while rows:
-                    parts.append(rows.popleft())
-                self._steps_out.write(b"".join(parts))
+                data = bytes(rows)  # what the other thread appends meanwhile stays for next time
+                del rows[: len(data)]
+                self._steps_out.write(data)
             extras = self._extras
             if extras:
                 lines = []
                 while extras:
                     step, t, values = extras.popleft()
-                    row = {"step": int(step), "time": round(t, 3), "stage": STAGE, "kind": "step"}
-                    for key, value in values.items():
-                        row[key] = clean_number(value)
-                    lines.append(json.dumps(row, separators=(",", ":")))
+                    names = tuple(values)
+                    fmt = self._formats.get(names)
+                    if fmt is None:
+                        fmt = self._formats[names] = _row_format(names)
+                    numbers = [float(v) for v in values.values()]
+                    if math.isfinite(sum(numbers)):
+                        lines.append(fmt % (int(step), t, *numbers))
+                    else:  # NaN or inf: JSON's null, one value at a time
+                        lines.append(fmt % (int(step), t, *map(_json_number, numbers)))
                 self._evals_out.write(("\n".join(lines) + "\n").encode())
 
     # ---- the end -------------------------------------------------------------------
@@ -659,6 +670,16 @@ class Run:
                 self._close("killed", self._interrupted)
             else:
                 self.finish(reason="the script ended without calling run.finish()")
+
+
+def _row_format(names: tuple) -> str:
+    """A %-template of one per-step metrics line of evals.jsonl for these names."""
+    body = "".join("," + json.dumps(str(k)).replace("%", "%%") + ":%s" for k in names)
+    return '{"step":%d,"time":%.3f,"stage":"' + STAGE + '","kind":"step"' + body + "}"
+
+
+def _json_number(v: float) -> str:
+    return repr(v) if math.isfinite(v) else "null"
 
 
 def _mean(values) -> float | None:
