@@ -15,6 +15,8 @@ import pytest
 
 from engine.torchfree import slots
 from engine.torchfree.runfolder import RunFolder, iter_runs, write_json_atomic
+from engine.torchfree.slots import devices as slot_devices
+from engine.torchfree.slots import leases as slot_leases
 from tests.conftest import ROOT, ZOO, cockpit, wait_for
 
 BLOBS = ZOO / "blobs.yaml"
@@ -170,7 +172,7 @@ def test_no_stale_lease_or_ticket_after_an_engine_dies_hard(workspace, monkeypat
 def test_an_ablation_group_runs_at_most_parallel_at_once(workspace, monkeypatch):
     monkeypatch.delenv(slots.FAKE_GPUS_ENV, raising=False)
     monkeypatch.setenv(slots.CPU_SLOTS_ENV, "3")
-    monkeypatch.setattr(slots, "_nvml_count", lambda: 0)
+    monkeypatch.setattr(slot_devices, "_nvml_count", lambda: 0)
     runs = [
         fake_run(workspace, f"g{i}", group="grp", parallel=2, created=float(i)) for i in range(3)
     ]
@@ -263,7 +265,7 @@ def test_foreign_gpu_processes_are_shown_and_avoided(workspace, monkeypatch):
     stranger = psutil.Process(int(out.stdout))
     try:
         monkeypatch.setattr(
-            slots, "_gpu_processes", lambda indices: {0: [(stranger.pid, 2048.0)], 1: []}
+            slot_leases, "gpu_processes", lambda indices: {0: [(stranger.pid, 2048.0)], 1: []}
         )
         lease = take(fake_run(workspace, "mine"))
         assert lease.gpus == [1] and lease.note == ""  # the GPU nobody else uses
@@ -280,7 +282,7 @@ def test_foreign_gpu_processes_are_shown_and_avoided(workspace, monkeypatch):
         assert slots.describe_slots(workspace) == "GPUs: 0 crowded + 1 foreign process · 1 mine"
         # a process of a cockpit run is not foreign
         monkeypatch.setattr(
-            slots, "_gpu_processes", lambda indices: {1: [(psutil.Process().pid, 10.0)]}
+            slot_leases, "gpu_processes", lambda indices: {1: [(psutil.Process().pid, 10.0)]}
         )
         assert slots.foreign_processes(slots.slots_root(workspace), [0, 1]) == {}
         lease.release()
