@@ -48,7 +48,10 @@ class CockpitScreen(Screen):
         yield TooSmall()
 
     def on_mount(self) -> None:
-        self.cockpit.settings_changed.subscribe(self, self.apply_settings)
+        # Signals call the screens at once (immediate) rather than posting them a message: a
+        # message makes Textual repaint a screen under the top one, and a repaint there is
+        # forwarded to the top screen as a full-screen repaint — at every publish.
+        self.cockpit.settings_changed.subscribe(self, self.apply_settings, immediate=True)
 
     def apply_settings(self, settings: ViewSettings) -> None:
         """The user changed how curves look (log scale, markers, smoothing)."""

@@ -178,8 +178,8 @@ class CompareScreen(CockpitScreen):
     def on_mount(self) -> None:
         super().on_mount()
         app = self.cockpit
-        app.runs_changed.subscribe(self, self.runs_changed)
-        app.history_changed.subscribe(self, self.history_changed)
+        app.runs_changed.subscribe(self, self.runs_changed, immediate=True)
+        app.history_changed.subscribe(self, self.history_changed, immediate=True)
         self.refresh_view()
         self.table.focus()
 

@@ -72,8 +72,8 @@ class RunScreen(CockpitScreen):
     def on_mount(self) -> None:
         super().on_mount()
         app = self.cockpit
-        app.runs_changed.subscribe(self, self.runs_changed)
-        app.history_changed.subscribe(self, self.history_changed)
+        app.runs_changed.subscribe(self, self.runs_changed, immediate=True)
+        app.history_changed.subscribe(self, self.history_changed, immediate=True)
         history = app.acquire_history(self.run_id, self)
         if history is not None:
             self.query_one(CurvesView).show_history(history)

@@ -81,9 +81,9 @@ class RunsScreen(CockpitScreen):
         super().on_mount()
         self.query_one("#filter", Input).cursor_blink = False
         app = self.cockpit
-        app.runs_changed.subscribe(self, self.runs_changed)
-        app.devices_changed.subscribe(self, self.devices_changed)
-        app.history_changed.subscribe(self, self.history_changed)
+        app.runs_changed.subscribe(self, self.runs_changed, immediate=True)
+        app.devices_changed.subscribe(self, self.devices_changed, immediate=True)
+        app.history_changed.subscribe(self, self.history_changed, immediate=True)
         self.show_runs()
         self.query_one(DevicePanel).show_samples(app.samples, app.device_note)
         self.table.focus()
