@@ -9,9 +9,10 @@ trainer.fit(model, train_loader, val_loader)
 
 Every training batch: the loss the ``training_step`` returned (kept on the device and read
 back without a sync), the LR of the first optimizer, the seconds Lightning waited for the
-batch (from the end of one batch to the start of the next) and ``val_loss``/``train_loss``
-style values the module logged with ``self.log`` on that step. After each validation epoch:
-every logged metric as a full-val row (``evals.jsonl``). The run ends ``passed`` when the fit
+batch (from the end of one batch to the start of the next) and what the module logged with
+``self.log`` in ``training_step`` (``train_acc=...``, as named per-step values). After each
+validation epoch: the metrics named ``val*``, ``test*`` or ``*_epoch`` as a full-val row of
+evals.jsonl (``val_acc`` shows as ``accuracy``). The run ends ``passed`` when the fit
 ends, ``killed`` on Ctrl-C or ``cockpit kill``, ``error`` on an exception. Only global rank 0
 records. Works with ``lightning`` and with the older ``pytorch_lightning`` package.
 
@@ -62,6 +63,12 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return float(value)
     return None
+
+
+def _full_val(key: str) -> bool:
+    """A metric of the validation loop (val_*, valid*, test*, *_epoch), not of a train step."""
+    k = key.lower()
+    return k.startswith(("val", "test")) or k.endswith("_epoch")
 
 
 def _make_class(Callback: Any) -> Any:
@@ -125,22 +132,19 @@ def _make_class(Callback: Any) -> Any:
             except (IndexError, AttributeError, KeyError):
                 pass
             extras = {}
-            val_loss = None
             for key, value in trainer.callback_metrics.items():
                 if key in ("loss", "train_loss", "train_loss_step"):
                     if loss is None:
                         loss = value
                     continue
-                if key in ("val_loss", "val_loss_step"):
-                    continue  # a full-val value: it goes to evals
-                if key.endswith("_step"):
-                    v = _scalar(value)
-                    if v is not None:
-                        extras[key[: -len("_step")]] = v
+                if _full_val(key):
+                    continue  # from the last validation epoch: it went to evals
+                v = _scalar(value)
+                if v is not None:
+                    extras[key[: -len("_step")] if key.endswith("_step") else key] = v
             run.log(
                 trainer.global_step,
                 train_loss=_scalar(loss) if loss is not None else float("nan"),
-                val_loss=float("nan") if val_loss is None else val_loss,
                 lr=lr,
                 data_s=data_s,
                 **extras,
@@ -154,7 +158,7 @@ def _make_class(Callback: Any) -> Any:
                 return
             metrics = {}
             for key, value in trainer.callback_metrics.items():
-                if key.startswith("train") or key == "loss" or key.endswith("_step"):
+                if not _full_val(key):
                     continue
                 v = _scalar(value)
                 if v is not None:
