@@ -154,8 +154,8 @@ class _Readback:
     WIDTH = 16
 
     def __init__(self, device: Any):
-        import torch  # the script already imported it: its values are tensors
-
+        # the script imported torch already (its values are tensors); cockpit never imports it
+        torch = sys.modules["torch"]
         self.torch = torch
         self.device = device
         self.host = torch.empty((DEPTH, self.WIDTH), dtype=torch.float64, pin_memory=True)
