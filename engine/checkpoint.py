@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,10 @@ def save(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     out = folder.file("checkpoints")
-    out.mkdir(exist_ok=True)
+    if not out.is_dir():  # as private as the run folder it is in (0700 unless shared)
+        out.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(out, stat.S_IMODE(os.stat(folder.path).st_mode))
     name = f"step_{step:09d}.pt"
     state = {
         "model": model.state_dict(),
