@@ -349,3 +349,47 @@ def test_record_layout_is_the_documented_one() -> None:
     assert struct.unpack("<Q", record[:8])[0] == 3
     assert struct.unpack("<I", record[8:12])[0] == tb.masked_crc(record[:8])
     assert record[12:15] == b"abc" and struct.unpack("<I", record[15:])[0] == tb.masked_crc(b"abc")
+
+
+@pytest.mark.slow
+def test_a_torch_tensorboard_log_drawn_live_in_the_app(tmp_path: Path, workspace: Path) -> None:
+    """`cockpit --tensorboard DIR`: a log torch.utils.tensorboard is writing, curves growing."""
+    import asyncio
+    import time
+
+    from cockpit.app.screens.run import RunScreen
+    from cockpit.app.widgets.curves import CurvesView
+    from tests.app.conftest import histories_loaded, make_app, wait_until
+
+    logdir = tmp_path / "runs-tb"
+    w = _summary_writer(logdir / "exp1")
+    for step in range(50):
+        w.add_scalar("Loss/train", 1.0 / (step + 1), step)
+        w.add_scalar("Loss/val", 2.0 / (step + 1), step)
+    w.flush()
+
+    async def go():
+        app = make_app(workspace, clock=time.time)
+        app.watcher.sources = (tb.TensorBoardDir(logdir),)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: len(app.runs) == 1, what="the TensorBoard run")
+            assert app.runs[0].run_id == "tb-runs-tb-exp1"
+            assert app.runs[0].snapshot.status == "running"  # its writer (us) is alive
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run view")
+            await histories_loaded(pilot)
+            stage = app.screen.query_one(CurvesView).current_stage()
+            assert (stage.steps, len(stage.val)) == (50, 50)
+            for step in range(50, 80):
+                w.add_scalar("Loss/train", 0.01, step)
+            w.flush()
+            await wait_until(
+                pilot,
+                lambda: app.screen.query_one(CurvesView).current_stage().steps == 80,
+                what="the curve growing",
+            )
+
+    try:
+        asyncio.run(go())
+    finally:
+        w.close()

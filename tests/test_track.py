@@ -307,3 +307,60 @@ def test_a_script_killed_hard_shows_as_error(tmp_path: Path, workspace: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_the_script_in_the_app_live_with_its_curves_and_x_kills_it(
+    tmp_path: Path, workspace: Path
+) -> None:
+    """The issue's 'done when': a plain script shows up live in the app with its curves, and
+    kill from the app stops it."""
+    import asyncio
+
+    from cockpit.app.screens.confirm_kill import ConfirmKill
+    from cockpit.app.screens.run import RunScreen
+    from cockpit.app.widgets.curves import CurvesView
+    from tests.app.conftest import histories_loaded, make_app, wait_until
+
+    proc = _start_script(tmp_path, workspace, "100000", "0.01")
+
+    async def go():
+        app = make_app(workspace, clock=time.time)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(
+                pilot,
+                lambda: app.runs and app.runs[0].snapshot.step > 5,
+                timeout=120,
+                what="the script's first steps",
+            )
+            assert app.runs[0].snapshot.status == "running"
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run view")
+            await histories_loaded(pilot)
+            curves = app.screen.query_one(CurvesView)
+            first = curves.current_stage().steps
+            assert curves.current_stage().name == "train" and first > 5
+            await wait_until(
+                pilot, lambda: curves.current_stage().steps > first, what="the curve growing"
+            )
+            assert len(curves.current_stage().val) > 5  # the val curve too
+            await pilot.press("escape")
+            await pilot.press("x")
+            await wait_until(
+                pilot, lambda: isinstance(app.screen, ConfirmKill), what="the question"
+            )
+            await pilot.press("y")
+            await wait_until(
+                pilot,
+                lambda: app.runs[0].snapshot.status == "killed",
+                timeout=30,
+                what="the run killed",
+            )
+
+    try:
+        asyncio.run(go())
+        assert proc.wait(timeout=30) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
