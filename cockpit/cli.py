@@ -23,6 +23,7 @@ EPILOG = """commands:
   cockpit fork RUN --set K=V       a child run from RUN's resolved preset (--warm: from its checkpoint)
   cockpit ablate PRESET --grid K=V1,V2   one run per grid point, N at a time
   cockpit ablate PRESET --tricks       the baseline plus one run per trick switched back on
+  cockpit show RUN                 the batch before the net: images, masks, tokens, rows, stats
   cockpit export RUN... --tensorboard DIR [--live]   runs as TensorBoard event files
   cockpit --tensorboard DIR        the app, with a TensorBoard log directory's runs too
 
@@ -113,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     ab.add_argument("--detach", action="store_true", help="queue the runs and return")
 
+    show = sub.add_parser(
+        "show", parents=[ws], help="the batch before the net: what RUN's model receives"
+    )
+    show.add_argument("run", metavar="RUN", help="a run id (a unique prefix will do)")
+    show.add_argument("--split", choices=("train", "val", "both"), default="both")
+    show.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="images in colour"
+    )
+    show.add_argument("--width", type=int, metavar="COLUMNS", help="default: the terminal's")
+
     ex = sub.add_parser("export", parents=[ws], help="runs as TensorBoard event files")
     ex.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix will do)")
     ex.add_argument(
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "fork": cmd_fork,
             "ablate": cmd_ablate,
             "export": cmd_export,
+            "show": cmd_show,
         }
         return handler[args.command](args)
     except (PresetError, UsageError, LookupError) as e:
@@ -351,6 +363,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
     export(folders, Path(args.tensorboard), live=args.live)
     return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from cockpit.show import cmd_show as show
+
+    return show(args)
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

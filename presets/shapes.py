@@ -50,13 +50,23 @@ def draw(n: int, size: int = 24, seed: int = 0, noise: float = 0.15):
     return images[:, None].float(), kind, labels.long(), geometry.float()
 
 
+class Shapes(TensorDataset):
+    """A TensorDataset that names its classes (torchvision's ``classes``): views print names."""
+
+    def __init__(self, *tensors: torch.Tensor, classes: list[str]):
+        super().__init__(*tensors)
+        self.classes = classes
+
+
 def classification(
     n_train: int = 2000, n_val: int = 500, size: int = 24, seed: int = 0, augment: bool = False
 ):
     """(train, val) of (image, shape id); ``augment`` augments the train set only."""
     xt, yt, _, _ = draw(n_train, size, seed)
     xv, yv, _, _ = draw(n_val, size, seed + 10_000)
-    return _train(TensorDataset(xt, yt), "classification", augment), TensorDataset(xv, yv)
+    names = list(SHAPES)
+    train = Shapes(xt, yt, classes=names)
+    return _train(train, "classification", augment), Shapes(xv, yv, classes=names)
 
 
 def segmentation(
@@ -65,7 +75,9 @@ def segmentation(
     """(train, val) of (image, mask): 0 background, 1..5 the shape's class."""
     xt, _, mt, _ = draw(n_train, size, seed)
     xv, _, mv, _ = draw(n_val, size, seed + 10_000)
-    return _train(TensorDataset(xt, mt), "segmentation", augment), TensorDataset(xv, mv)
+    names = ["background", *SHAPES]
+    train = Shapes(xt, mt, classes=names)
+    return _train(train, "segmentation", augment), Shapes(xv, mv, classes=names)
 
 
 def regression(
@@ -166,6 +178,7 @@ class Augmented(Dataset):
 
     def __init__(self, base: TensorDataset, task: str, shift: int = 2, brightness: float = 0.2):
         self.base, self.task, self.shift, self.brightness = base, task, shift, brightness
+        self.classes = getattr(base, "classes", None)
 
     def __len__(self) -> int:
         return len(self.base)

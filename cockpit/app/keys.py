@@ -40,6 +40,7 @@ RUN_VIEW = [
     Binding("2", "tab('ladder')", "ladder", show=False),
     Binding("3", "tab('log')", "log", show=False),
     Binding("4", "tab('preset')", "preset", show=False),
+    Binding("5", "tab('batch')", "the batch the model receives", show=False),
     Binding("j", "scroll(1)", "scroll down", show=False),
     Binding("k", "scroll(-1)", "scroll up", show=False),
 ]

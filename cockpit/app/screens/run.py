@@ -13,6 +13,7 @@ from cockpit.app.formatting import count, display_status, status_text
 from cockpit.app.messages import RunState
 from cockpit.app.screens.base import CockpitScreen
 from cockpit.app.settings import ViewSettings
+from cockpit.app.widgets.batch_view import BatchView
 from cockpit.app.widgets.curves import CurvesView
 from cockpit.app.widgets.details import lineage_text, reason_text
 from cockpit.app.widgets.ladder import LadderView
@@ -43,7 +44,7 @@ def header_text(state: RunState, runs: tuple[RunState, ...]) -> Text:
 
 
 class RunScreen(CockpitScreen):
-    """Tabs: curves (1), ladder (2), log (3), preset (4)."""
+    """Tabs: curves (1), ladder (2), log (3), preset (4), batch (5)."""
 
     BINDINGS = keys.RUN_VIEW
 
@@ -64,6 +65,8 @@ class RunScreen(CockpitScreen):
                 yield LogView(self.folder)
             with TabPane("preset", id="preset"), VerticalScroll():
                 yield PresetView()
+            with TabPane("batch", id="batch"), VerticalScroll():
+                yield BatchView(self.folder)
         yield Footer(compact=True)
 
     def selected_run_id(self) -> str | None:
