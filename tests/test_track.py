@@ -364,3 +364,90 @@ def test_the_script_in_the_app_live_with_its_curves_and_x_kills_it(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _FakeDevice:
+    type = "cuda"
+    index = 0
+
+
+class _FakeCudaTensor:
+    """Stands in for a one-element CUDA tensor; reading it on the host would be a sync."""
+
+    __module__ = "torch.fake"
+
+    def __init__(self, value: float, device: _FakeDevice):
+        self.value, self.device = value, device
+
+    def numel(self) -> int:
+        return 1
+
+    def item(self) -> float:
+        raise AssertionError("log() synced the host with the device (.item() on a CUDA value)")
+
+    __float__ = __bool__ = item
+
+
+class _FakeReadback:
+    """The pinned-buffer readback with events we fire by hand."""
+
+    WIDTH = 16
+
+    def __init__(self, device):
+        self.device = device
+        self.in_flight = 0
+        self.slots: dict[int, list[float]] = {}
+        self.landed: set[int] = set()
+        self.waited: list[int] = []
+        self.next = 0
+
+    def push(self, tensors) -> int:
+        slot, self.next = self.next, self.next + 1
+        self.slots[slot] = [t.value for t in tensors]
+        self.in_flight += 1
+        return slot
+
+    def ready(self, slot: int) -> bool:
+        return slot in self.landed
+
+    def wait(self, slot: int) -> None:
+        self.waited.append(slot)
+        self.landed.add(slot)
+
+    def take(self, slot: int, n: int) -> list[float]:
+        self.in_flight -= 1
+        return self.slots.pop(slot)[:n]
+
+
+def test_cuda_values_reach_the_file_later_in_order_without_a_sync(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cockpit.track as track
+
+    monkeypatch.setattr(track, "_Readback", _FakeReadback)
+    dev = _FakeDevice()
+    run = track.start(name="cuda", workspace=workspace)
+    for step in (1, 2, 3):
+        run.log(
+            step, train_loss=_FakeCudaTensor(step / 10, dev), lr=0.1, acc=_FakeCudaTensor(0.5, dev)
+        )
+    run.log(4, train_loss=0.4)  # a plain float queues behind them: the file stays in order
+    run.flush()
+    folder = RunFolder(run.path)
+    assert len(folder.steps()) == 0  # nothing has landed: nothing waited for, nothing written
+    rb = run._readback
+    assert rb.waited == []
+    rb.landed |= {0, 1}
+    run.log(5, train_loss=_FakeCudaTensor(0.5, dev))
+    run.flush()
+    assert list(folder.steps()["step"]) == [1, 2]
+    rb.landed |= {2, 3}
+    for step in range(6, 6 + track.DEPTH):  # the device falls DEPTH calls behind: wait for one
+        run.log(step, train_loss=_FakeCudaTensor(step / 10, dev))
+    assert rb.waited == [4]
+    run.finish()  # the rest is waited for at the end
+    cols = folder.steps()
+    assert list(cols["step"]) == list(range(1, 6 + track.DEPTH))
+    assert list(cols["train_loss"][:5]) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert [r["acc"] for r in folder.evals()] == [0.5, 0.5, 0.5]
+    assert folder.summary()["device"] == str(dev)
