@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -74,6 +75,7 @@ class SpeedStage(Stage):
         _sync(ctx.device)
         compute_s = (time.perf_counter() - t0) / max(n, 1)
         metrics["compute_s_per_batch"] = compute_s
+        precision = precision_check(ctx, step, batch, compute_s, s, metrics)
 
         # the real loop (fresh loader, a random val batch each step as in training); its rows
         # stay out of steps.bin: they time a model trained for a few steps, not a curve to read
@@ -103,10 +105,15 @@ class SpeedStage(Stage):
         bottleneck = "data" if is_data_bound(wait, s.data_bound) else "compute"
         metrics["data_bound"] = 1.0 if bottleneck == "data" else 0.0
         checks.append(self.check_data_wait(ctx, wait, data_s, compute_s, t_first))
+        checks.append(precision)
         summary = (
             f"{bottleneck}-bound: {secs(step_s)} per batch ({1 / step_s:.0f} batches/s), "
             f"data wait {100 * wait:.0f}% · data alone {secs(data_s)}, compute alone {secs(compute_s)} per batch"
         )
+        if "set precision" in precision.detail or "set compile" in precision.detail:
+            summary += (
+                f" · {precision.detail.split(' (')[0]}: {precision.detail.rsplit(': ', 1)[-1]}"
+            )
         verdict = from_checks(checks, metrics, summary)
         if verdict.status != "pass":
             verdict.reason = f"{verdict.reason} · {summary}"
@@ -157,3 +164,55 @@ def advice(ctx: RunContext, first_s: float) -> list[str]:
         tips.append(f"raise prefetch_factor (now {p.get('prefetch_factor') or 2})")
     tips.append("make __getitem__ cheaper (decode or augment less, cache)")
     return tips
+
+
+def _time_compute(step: TrainStep, batch, s: Any, device: torch.device) -> float:
+    """Seconds per replay of ``batch`` through ``step``, after two warm-up calls."""
+    for _ in range(2):
+        step(batch)
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while n < s.batches and time.perf_counter() < t0 + s.seconds:
+        step(batch)
+        n += 1
+    _sync(device)
+    return (time.perf_counter() - t0) / max(n, 1)
+
+
+def precision_check(
+    ctx: RunContext, step: TrainStep, batch, compute_s: float, s: Any, metrics: dict
+) -> Check:
+    """Times the same batch under the other precisions the device offers (and torch.compile,
+    when ``compare_compile``) and says which to use: a switch must save at least 15%."""
+    if not s.compare_precision or getattr(ctx, "custom", None) is not None:
+        return Check("precision", "skip", "not compared (speed.compare_precision is off)")
+    device = ctx.device
+    options = ["fp32", "bf16"]
+    if device.type == "cuda":
+        options = ["fp32", *(["bf16"] if torch.cuda.is_bf16_supported() else []), "fp16"]
+    times = {ctx.precision: compute_s}
+    for p in options:
+        if p not in times:
+            variant = TrainStep(
+                step.model, step.optimizer, step.loss_fn, device=device, precision=p
+            )
+            times[p] = _time_compute(variant, batch, s, device)
+    label = {p: f"{p} autocast" if p != "fp32" else "fp32" for p in times}
+    if s.compare_compile and not ctx.preset.get("compile"):
+        step.model.compile()
+        label["compile"] = f"torch.compile ({ctx.precision})"
+        times["compile"] = _time_compute(step, batch, s, device)
+    for k, v in times.items():
+        metrics[f"compute_s_{k}"] = v
+    best = min(times, key=times.get)
+    now = ctx.precision
+    speed = ", ".join(f"{label[k]} {secs(v)}" for k, v in times.items())
+    if best != now and times[best] < 0.85 * times[now]:
+        key = "compile: true" if best == "compile" else f"precision: {best}"
+        return Check(  # advice, not a problem: the ladder runs with the tricks off
+            "precision",
+            "pass",
+            f"{label[best]} is {times[now] / times[best]:.1f}× faster per batch than {label[now]} "
+            f"on {device.type} ({speed}): set {key} once the ladder passes",
+        )
+    return Check("precision", "pass", f"{label[now]} is the right choice here ({speed})")

@@ -118,6 +118,10 @@ class SpeedSettings:
     seconds: float = _f(10.0, "wall-time cap per measurement")
     max_batch_s: float = _f(1.0, "fail when one batch of the real loop takes longer than this")
     data_bound: float = _f(0.3, "warn when the loop waits on data more than this share of the time")
+    compare_precision: bool = _f(
+        True, "also time compute under the other precisions (bf16, fp16 on GPUs) and say which"
+    )
+    compare_compile: bool = _f(False, "also time torch.compile (compiling takes a while: off)")
 
 
 def is_data_bound(share: float, limit: float = SpeedSettings.data_bound) -> bool:
