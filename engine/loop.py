@@ -6,6 +6,11 @@ wait for a batch (timed on the host), one ``TrainStep`` (forward, loss, backward
 optimizer, schedule), a forward pass on a random val batch every ``val_every`` steps, and one
 row in steps.bin.
 
+A user's own training step (``step:`` in the preset, several ``models:``, dict batches, a
+model that returns its own loss — ``engine/custom_step.py``) replaces forward and loss inside
+``TrainStep``, and may step its optimizers itself; the loop stays this one. Its named losses
+travel with the row (``Row.losses``) and land in losses.bin.
+
 The host never waits on the device just to log. On CUDA both losses are copied into a pinned
 host slot with ``non_blocking=True`` and a CUDA event is recorded behind the copy; the row is
 read once the event has fired, usually a step later (``Readback``). The one place the loop
@@ -48,6 +53,7 @@ class Row:
     step_s: float
     gpu_s: float
     lr: float
+    losses: dict[str, float] | None = None  # a custom step's named losses (losses.bin)
 
 
 @dataclass
@@ -58,19 +64,27 @@ class _Pending:
     step_s: float
     lr: float
     slot: int
+    numbers: dict[str, float] | None = None  # named losses that were host numbers already
+
+
+def _host_number(v: Any) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
 
 class Readback:
     """Brings (train loss, val loss, device time) back to the host without a per-step sync.
 
-    ``in_order=True`` (DDP ranks) releases each row exactly ``depth`` steps after it was
-    pushed, so every rank lands the same rows at the same step."""
+    A custom step's named losses ride along in the same copy: their names are fixed by the
+    first step that has any (a name missing later reads NaN). ``in_order=True`` (DDP ranks)
+    releases each row exactly ``depth`` steps after it was pushed, so every rank lands the
+    same rows at the same step."""
 
     def __init__(self, device: torch.device, depth: int = READBACK_DEPTH, in_order: bool = False):
         self.cuda = device.type == "cuda"
         self.depth = depth
         self.in_order = in_order
         self.pending: deque[_Pending] = deque()
+        self.names: tuple[str, ...] | None = None  # named losses copied with the two losses
         if self.cuda:
             self.host = torch.empty((depth, 2), dtype=torch.float32, pin_memory=True)
             self.nan = torch.full((), math.nan, device=device)
@@ -82,16 +96,45 @@ class Readback:
         if self.cuda:
             self.starts[self.next_slot].record()
 
-    def push(self, step: int, data_s: float, step_s: float, lr: float, loss, vloss) -> list[Row]:
+    def push(
+        self,
+        step: int,
+        data_s: float,
+        step_s: float,
+        lr: float,
+        loss,
+        vloss,
+        named: dict[str, Any] | None = None,
+    ) -> list[Row]:
         now = time.time()
         if not self.cuda:  # on the CPU a value is ready when the step returns: nothing to wait on
             v = vloss.detach().item() if vloss is not None else math.nan
-            return [Row(step, now, loss.detach().item(), v, data_s, step_s, math.nan, lr)]
+            extra = {k: _host_number(x) for k, x in named.items()} if named else None
+            return [Row(step, now, loss.detach().item(), v, data_s, step_s, math.nan, lr, extra)]
+        if self.names is None and named:
+            self.names = tuple(k for k, x in named.items() if isinstance(x, torch.Tensor))
+            if self.names and not self.pending:  # room for them beside the two losses
+                self.host = torch.empty(
+                    (self.depth, 2 + len(self.names)), dtype=torch.float32, pin_memory=True
+                )
+            elif self.names:  # pragma: no cover - train_loop pushes named losses from step 1
+                self.names = ()
         slot = self.next_slot
         v = vloss.detach().float() if vloss is not None else self.nan
-        self.host[slot].copy_(torch.stack([loss.detach().float(), v]), non_blocking=True)
+        parts = [loss.detach().float(), v]
+        numbers = None
+        if named:
+            parts += [
+                x.detach().float() if isinstance(x := named.get(k), torch.Tensor) else self.nan
+                for k in self.names or ()
+            ]
+            # plain numbers never were on the device: they stay on the host
+            numbers = {k: float(x) for k, x in named.items() if not isinstance(x, torch.Tensor)}
+        elif self.names:
+            parts += [self.nan] * len(self.names)
+        self.host[slot].copy_(torch.stack(parts), non_blocking=True)
         self.ends[slot].record()
-        self.pending.append(_Pending(step, now, data_s, step_s, lr, slot))
+        self.pending.append(_Pending(step, now, data_s, step_s, lr, slot, numbers))
         self.next_slot = (slot + 1) % self.depth
         if len(self.pending) >= self.depth:  # the device is `depth` steps behind: wait here
             self.ends[self.pending[0].slot].synchronize()
@@ -106,9 +149,12 @@ class Readback:
 
     def _pop(self) -> Row:
         p = self.pending.popleft()
-        tl, vl = self.host[p.slot].tolist()
+        tl, vl, *extra = self.host[p.slot].tolist()
         gpu_s = self.starts[p.slot].elapsed_time(self.ends[p.slot]) / 1000.0
-        return Row(p.step, p.time, tl, vl, p.data_s, p.step_s, gpu_s, p.lr)
+        losses = dict(zip(self.names or (), extra)) if self.names else None
+        if p.numbers:
+            losses = {**(losses or {}), **p.numbers}
+        return Row(p.step, p.time, tl, vl, p.data_s, p.step_s, gpu_s, p.lr, losses)
 
     def flush(self) -> list[Row]:
         if self.pending:
@@ -153,7 +199,13 @@ class TrainStep:
     """One optimizer step on one batch: forward, loss, backward, clip, step, schedule.
 
     ``forward`` is what computes the outputs: the model itself, or its DDP wrapper (which
-    all-reduces the gradients during backward). fp16 gets a gradient scaler."""
+    all-reduces the gradients during backward). fp16 gets a gradient scaler.
+
+    ``custom`` (a ``engine.custom_step.UserStep``) replaces forward and loss: the user's
+    ``step:`` callable, a dict batch, a model that returns its own loss. A step that takes
+    ``optimizers`` updates them itself (a GAN must), so backward and step are its own; every
+    other one returns a loss that ``update`` backpropagates here. Its named losses are left in
+    ``named`` after each call."""
 
     def __init__(
         self,
@@ -166,6 +218,7 @@ class TrainStep:
         scheduler: Any = None,
         grad_clip: float | None = None,
         precision: str = "fp32",
+        custom: Any = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -176,36 +229,57 @@ class TrainStep:
         self.device = device
         self.precision = precision
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.custom = custom
+        self.named: dict[str, Any] | None = None
 
     def __call__(self, batch: Any) -> torch.Tensor:
-        x, y = batch
-        with autocast(self.device, self.precision):
-            loss = self.loss_fn(self.forward(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.optimizer.step()
+        custom = self.custom
+        if custom is not None and custom.updates_itself:  # its own backward and steps
+            with autocast(self.device, self.precision):
+                loss, self.named = custom.losses(self.forward, batch, self.optimizer, self)
         else:
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            with autocast(self.device, self.precision):
+                if custom is None:
+                    x, y = batch
+                    loss = self.loss_fn(self.forward(x), y)
+                else:
+                    loss, self.named = custom.losses(self.forward, batch)
+            self.update(loss)
         if self.scheduler is not None:
             self.scheduler.step()
         return loss
 
+    def update(self, loss: torch.Tensor, optimizer: Any = None, parameters: Any = None) -> None:
+        """Backward, clip and step: the preset's optimizer and model, or the ones named (a
+        custom step that updates several models in turn calls this once per optimizer)."""
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        params = list(parameters if parameters is not None else self.model.parameters())
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
     @torch.no_grad()
     def val_loss(self, batch: Any) -> torch.Tensor:
         """The loss on one val batch, in eval mode, through the bare model (a forward through
-        DDP could sync buffers); the training mode is restored after."""
-        x, y = batch
+        DDP could sync buffers); the training mode is restored after. A custom step is called
+        without optimizers: it computes its losses and changes nothing."""
         self.model.eval()
         with autocast(self.device, self.precision):
-            loss = self.loss_fn(self.model(x), y)
+            if self.custom is None:
+                x, y = batch
+                loss = self.loss_fn(self.model(x), y)
+            else:
+                loss, _ = self.custom.losses(self.model, batch)
         train_mode(self.model)
         return loss
 
@@ -241,6 +315,20 @@ class LoopResult:
         return self.rows[-1].step if self.rows else None
 
 
+def log_named_losses(ctx: RunContext, rows: list[Row]) -> None:
+    """A custom step's named losses to losses.bin (one writer per run folder and process)."""
+    from engine.torchfree.losses import LossesWriter
+
+    key = str(ctx.folder.path)
+    writer = _LOSS_WRITERS.get(key)
+    if writer is None:
+        writer = _LOSS_WRITERS[key] = LossesWriter(ctx.folder.path)
+    writer.append(ctx.stage_index, [(r.step, r.losses) for r in rows if r.losses])
+
+
+_LOSS_WRITERS: dict[str, Any] = {}
+
+
 class Lockstep:
     """Stop decisions for one process: each wish holds at once. Under DDP every rank must stop
     at the same step; ``engine.distributed.rank.RankLockstep`` shares the wishes instead."""
@@ -270,6 +358,7 @@ def train_loop(
     log: bool = True,
     forward: nn.Module | None = None,
     lockstep: Lockstep | None = None,
+    custom: Any = None,
 ) -> LoopResult:
     """Train for ``steps`` steps (``seconds`` is a guard against hangs), logging every batch.
 
@@ -277,8 +366,11 @@ def train_loop(
     row is logged. ``every(step)`` runs each ``every_n`` steps (full-val metrics,
     checkpoints). ``log=False`` keeps the rows out of steps.bin (a measurement, not
     training). Under DDP, ``forward`` is the wrapped model and ``lockstep`` makes every
-    rank stop at the same step. A stop request raises ``Stopped`` at a step boundary."""
+    rank stop at the same step. A stop request raises ``Stopped`` at a step boundary.
+    ``custom`` is the step that replaces forward and loss (default: the preset's, if any —
+    ``ctx.custom``); its named losses go to losses.bin."""
     device = ctx.device
+    custom = custom if custom is not None else getattr(ctx, "custom", None)
     step_fn = TrainStep(
         model,
         optimizer,
@@ -288,6 +380,7 @@ def train_loop(
         scheduler=scheduler,
         grad_clip=ctx.preset.get("grad_clip"),
         precision=ctx.precision,
+        custom=custom,
     )
     lockstep = lockstep or Lockstep()
     readback = Readback(device, in_order=lockstep.shared)
@@ -304,16 +397,23 @@ def train_loop(
                 break  # decided already: what the device ran after that is not logged
             kept.append(r)
             bad_train = not math.isfinite(r.train_loss)
+            bad_named = [k for k, v in (r.losses or {}).items() if not math.isfinite(v)]
             if bad_train or (not math.isnan(r.val_loss) and not math.isfinite(r.val_loss)):
                 result.stopped = "nonfinite"
                 result.nonfinite_step = r.step
                 result.nonfinite_what = "train" if bad_train else "val"
+            elif bad_named:
+                result.stopped = "nonfinite"
+                result.nonfinite_step = r.step
+                result.nonfinite_what = bad_named[0]
             elif until is not None and until(r):
                 result.stopped = "target"
         if kept:
             result.rows.extend(kept)
             if log:
                 ctx.log_steps(kept)
+                if any(r.losses for r in kept):
+                    log_named_losses(ctx, kept)
 
     step = start_step
     t_prev = time.perf_counter()
@@ -345,7 +445,7 @@ def train_loop(
         now = time.perf_counter()
         ctx.meter.add(t1 - t0, now - t_prev)
         lr = optimizer.param_groups[0]["lr"]
-        land(readback.push(step, t1 - t0, now - t_prev, lr, loss, vloss))
+        land(readback.push(step, t1 - t0, now - t_prev, lr, loss, vloss, step_fn.named))
         t_prev = now
         if every is not None and every_n and step % every_n == 0:
             land(readback.flush())
