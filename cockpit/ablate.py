@@ -426,8 +426,9 @@ def trick_rows(folders: list[RunFolder]) -> list[dict]:
         row["band_metric"] = band_metric(row["metric_name"] or None)
         value = last.get(row["band_metric"])
         row["value"] = float(value) if isinstance(value, (int, float)) else math.nan
+        row["n_val"] = summary.get("val_size")
         row["se"] = noise_se(
-            row["band_metric"], row["value"], summary.get("val_size"), last.get("val_loss_se")
+            row["band_metric"], row["value"], row["n_val"], last.get("val_loss_se")
         )
     base = next((r for r in rows if r["trick"] == BASELINE), None)
     for row in rows:
@@ -479,9 +480,7 @@ def format_tricks_table(rows: list[dict]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     base = next((r for r in rows if r["trick"] == BASELINE), None)
-    n = None
-    if base is not None and math.isfinite(base["se"]) and metric in BINOMIAL:
-        n = round(base["value"] * (1 - base["value"]) / base["se"] ** 2) if base["se"] else None
+    n = base.get("n_val") if base is not None and metric in BINOMIAL else None
     how = (
         f"binomial standard error of {metric} on {n} val samples"
         if n

@@ -306,3 +306,50 @@ def test_an_ablation_that_cannot_fit_the_machine_starts_nothing(workspace):
         "lower gpus, or set gpus: 0 to train on the CPU."
     )
     assert runs(workspace) == []
+
+
+@pytest.mark.slow
+def test_tricks_print_the_baseline_and_one_row_per_trick_with_a_noise_band(workspace):
+    """`cockpit ablate presets/quickstart.yaml --tricks` (issue 9's done-when), two of the
+    quickstart's tricks and a short budget to stay quick."""
+    r = cockpit(
+        "ablate",
+        str(ROOT / "presets" / "quickstart.yaml"),
+        "--tricks",
+        "--parallel",
+        "2",
+        "--set",
+        "train={steps: 40, eval_every: 40, checkpoint_every: 0}",
+        "--set",
+        "tricks={batchnorm: {model.batchnorm: true}, dropout: {model.dropout: 0.2}}",
+        workspace=workspace,
+        env=TWO_SLOTS,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    table = r.stdout[r.stdout.index("TRICK") :].splitlines()
+    assert table[0].split()[:2] == ["TRICK", "RUN"] and "VS BASELINE" in table[0]
+    assert table[1].split()[0] == "baseline" and "(reference)" in table[1]
+    rows = {line.split()[0]: line for line in table[2:4]}
+    assert set(rows) == {"batchnorm", "dropout"}
+    for line in rows.values():  # "+32.2% ± 4.4%  better": the difference and its band
+        assert "% ± " in line and line.rstrip().endswith(("better", "worse", "within noise"))
+    assert "binomial standard error of accuracy on 500 val samples" in r.stdout
+    folders = runs(workspace)
+    assert sorted(f.request()["trick"] for f in folders) == ["baseline", "batchnorm", "dropout"]
+    assert all(f.summary()["overrides"]["prune.rule"] == "none" for f in folders)
+    assert len({f.summary()["group"] for f in folders}) == 1
+
+
+def test_tricks_with_a_grid_or_without_tricks_exit_2(workspace):
+    r = cockpit("ablate", str(BLOBS), "--tricks", workspace=workspace)
+    assert r.returncode == 2 and "declares no tricks" in r.stderr and "Traceback" not in r.stderr
+    r = cockpit(
+        "ablate",
+        str(ROOT / "presets" / "quickstart.yaml"),
+        "--tricks",
+        "--grid",
+        "optimizer.lr=1e-3,3e-3",
+        workspace=workspace,
+    )
+    assert r.returncode == 2 and "--tricks and --grid do not mix" in r.stderr
+    assert runs(workspace) == []
