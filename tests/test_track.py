@@ -451,3 +451,87 @@ def test_cuda_values_reach_the_file_later_in_order_without_a_sync(
     assert list(cols["train_loss"][:5]) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
     assert [r["acc"] for r in folder.evals()] == [0.5, 0.5, 0.5]
     assert folder.summary()["device"] == str(dev)
+
+
+def _digits_sets(n: int = 600):
+    import torch
+    from sklearn.datasets import load_digits
+    from torch.utils.data import TensorDataset
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x[:n] / 16.0, dtype=torch.float32)
+    y = torch.tensor(y[:n])
+    cut = n * 3 // 4
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
+@pytest.mark.slow
+def test_the_ladder_from_python_on_the_scripts_own_objects(workspace: Path) -> None:
+    import torch
+    from torch import nn
+
+    from engine.pyladder import ladder
+
+    train, val = _digits_sets()
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+        def forward(self, x):
+            return self.net(x)
+
+    result = ladder(
+        MLP,
+        train,
+        val,
+        loss=nn.CrossEntropyLoss(),
+        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
+        stages=["init", "batch_independence", "overfit_one"],
+        overfit_one={"steps": 200},
+        workspace=workspace,
+    )
+    assert result.passed, str(result)
+    assert [s["name"] for s in result.stages] == ["init", "batch_independence", "overfit_one"]
+    assert result.verdict("init")["metrics"]["loss_at_init"] == pytest.approx(math.log(10), abs=0.2)
+    assert "✓ overfit_one" in str(result)
+    folder = RunFolder(result.path)
+    assert folder.summary()["status"] == "passed" and len(folder.steps()) > 0  # a real run folder
+    listed = json.loads(cockpit("ls", "--json", workspace=workspace).stdout)
+    assert [r["run_id"] for r in listed] == [result.run_id] and listed[0]["preset"] == "MLP"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the runner's handlers are gone
+
+
+def test_the_ladder_from_python_finds_a_batch_mixing_model(workspace: Path) -> None:
+    """Normalising over the batch dimension makes each output depend on the other samples
+    (the "view/transpose across the batch" bug of Karpathy's 'A Recipe for Training Neural
+    Networks', 2019): batch_independence must fail on it."""
+    from torch import nn
+
+    from engine.pyladder import ladder
+
+    train, val = _digits_sets(200)
+
+    class Leaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(x - x.mean(0, keepdim=True))
+
+    result = ladder(Leaky(), train, val, stages=["batch_independence"], workspace=workspace)
+    assert result.status == "failed"
+    assert result.verdict("batch_independence")["status"] == "fail"
+
+
+def test_the_ladder_from_python_checks_its_keywords_as_a_preset() -> None:
+    from torch import nn
+
+    from engine.pyladder import ladder
+    from engine.torchfree.preset import PresetError
+
+    train, val = _digits_sets(100)
+    with pytest.raises(PresetError, match=r"stepz.*steps"):
+        ladder(nn.Linear(64, 10), train, val, overfit_one={"stepz": 3})
