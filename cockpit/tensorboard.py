@@ -98,6 +98,8 @@ def frame(payload: bytes) -> bytes:
 
 
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _SMALL[n]
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -106,6 +108,9 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -155,11 +160,32 @@ class EventWriter:
             self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC), 0o644
         )
         self.buffer: list[bytes] = []
+        self._tags: dict[str, bytes] = {}
+        self._headers: dict[int, bytes] = {}
         if fresh:
             self.buffer.append(frame(_event(time.time(), 0, file_version=b"brain.Event:2")))
 
     def scalar(self, tag: str, value: float, step: int, wall_time: float | None = None) -> None:
-        self.buffer.append(frame(scalar_event(tag, value, step, wall_time or time.time())))
+        """One scalar: an Event of one ``simple_value``, bytes for bytes as torch writes it."""
+        head = self._tags.get(tag)
+        if head is None:
+            head = self._tags[tag] = _field(1, tag.encode()) + b"\x15"
+        v = head + _F.pack(value)
+        summary = b"\x0a" + _varint(len(v)) + v
+        payload = (
+            b"\x09"
+            + _D.pack(time.time() if wall_time is None else wall_time)
+            + (b"\x10" + _varint(step) if step else b"")
+            + b"\x2a"
+            + _varint(len(summary))
+            + summary
+        )
+        n = len(payload)
+        header = self._headers.get(n)
+        if header is None:
+            length = _Q.pack(n)
+            header = self._headers[n] = length + _I.pack(masked_crc(length))
+        self.buffer.append(header + payload + _I.pack(masked_crc(payload)))
 
     def text(self, tag: str, text: str, step: int = 0, wall_time: float | None = None) -> None:
         self.buffer.append(frame(text_event(tag, text, step, wall_time or time.time())))
@@ -726,10 +752,18 @@ class TensorBoardDir:
         digest = hashlib.sha1(str(self.logdir).encode()).hexdigest()[:8]
         self.root = Path(cache or cache_root()) / f"{_slug(self.logdir.name)}-{digest}"
         self.runs: dict[str, MirroredRun] = {}
+        self._found: list[tuple[str, Path]] | None = None
+        self._found_at = 0.0
+
+    RESCAN_S = 5.0
+    """How often the directory tree is walked for new runs (known files are read every sync)."""
 
     def sync(self) -> dict[str, Path]:
         out = {}
-        for name, path in find_runs(self.logdir):
+        now = time.monotonic()
+        if self._found is None or now - self._found_at > self.RESCAN_S:
+            self._found, self._found_at = find_runs(self.logdir), now
+        for name, path in self._found:
             label = self.logdir.name if name == "." else f"{self.logdir.name}/{name}"
             run_id = "tb-" + _slug(label.replace("/", "-"))[:80]
             mirror = self.runs.get(run_id)
@@ -767,7 +801,7 @@ class MirroredRun:
         self.metrics_row: tuple | None = None
         self._steps_out = None
         self._evals_out = None
-        self._classes: dict[str, tuple[str, str, str]] = {}
+        self._classes: dict[str, tuple] = {}  # tag -> (a column?, stage, key, index, column)
 
     # ---- ownership -------------------------------------------------------------------
     def _take(self) -> bool:
@@ -863,15 +897,15 @@ class MirroredRun:
         for tag, step, wall, value in zip(
             scalars.tags, scalars.steps, scalars.wall_times, scalars.values
         ):
-            kind_stage_key = classes.get(tag)
-            if kind_stage_key is None:
-                kind_stage_key = classes[tag] = classify(tag)
-            kind, stage, key = kind_stage_key
-            if stage not in names:
-                names.append(stage)
-            si = float(names.index(stage))
-            if kind == "step":
-                col = _COLUMN_INDEX[key]
+            known = classes.get(tag)
+            if known is None:
+                kind, stage, key = classify(tag)
+                if stage not in names:
+                    names.append(stage)
+                col = _COLUMN_INDEX[key] if kind == "step" else 0
+                known = classes[tag] = (kind == "step", stage, key, float(names.index(stage)), col)
+            is_step, stage, key, si, col = known
+            if is_step:
                 if row is None or row[0] != step or row[2] != si or row[col] == row[col]:
                     if row is not None:
                         rows.append(tuple(row))
@@ -970,7 +1004,13 @@ class MirroredRun:
                 p = psutil.Process(who[1])
                 made = p.create_time()
                 stamp = float(newest.name.split(".")[3])
-                if made <= stamp + 5 and p.status() != psutil.STATUS_ZOMBIE:
+                # the pid of the name, started before the file, holding it open: the writer
+                # (a pid of the name reused by another process is never taken for it)
+                if (
+                    made <= stamp + 5
+                    and p.status() != psutil.STATUS_ZOMBIE
+                    and _holds_open(p, newest)
+                ):
                     proc = {
                         "pid": who[1],
                         "create_time": made,
@@ -978,9 +1018,10 @@ class MirroredRun:
                         "kind": "tensorboard",
                     }
                     return "running", f"written by pid {who[1]}", proc
+            except psutil.NoSuchProcess:
+                return "passed", f"TensorBoard log; its writer (pid {who[1]}) has exited", None
             except (psutil.Error, ValueError, IndexError):
                 pass
-            return "passed", f"TensorBoard log; its writer (pid {who[1]}) has exited", None
         age = time.time() - _last_write(files)
         if age < self.LIVE_S:
             # a writer we cannot name: a record of "another host" keeps the run 'running'
@@ -988,6 +1029,14 @@ class MirroredRun:
             proc = {"pid": 2, "create_time": 0, "host": "(unknown writer)", "kind": "tensorboard"}
             return "running", f"TensorBoard log, written {age:.0f} s ago", proc
         return "passed", "TensorBoard log", None
+
+
+def _holds_open(p, path: Path) -> bool:
+    try:
+        target = os.path.realpath(path)
+        return any(os.path.realpath(f.path) == target for f in p.open_files())
+    except Exception:  # psutil.AccessDenied and the like: not provably the writer
+        return False
 
 
 def _eval_row(mrow: tuple) -> dict:
