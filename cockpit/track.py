@@ -222,7 +222,11 @@ class Run:
         self._closed = False
         self._lock = threading.RLock()  # a signal handler may flush inside a flush
         self._rows = bytearray()  # packed steps.bin records; += and del are atomic under the GIL
-        self._extras: deque[tuple] = deque()
+        # named per-step values: (template, rows) per run of calls with the same names;
+        # written by the script's own thread only (the telemetry thread leaves them alone)
+        self._egroups: list[tuple[str, list]] = []
+        self._enames: tuple | None = None
+        self._erows: list = []
         self._formats: dict[tuple, str] = {}  # a JSON line's template per set of names
         self._pending: deque[_Pending] = deque()
         self._readback: _Readback | None = None
@@ -289,7 +293,10 @@ class Run:
             t = _time()
             self._rows += _pack(step, t, 0.0, train_loss, val_loss, data_s, step_s, _NAN, lr)
             if metrics:
-                self._extras.append((step, t, metrics))  # a fresh dict of floats: kept as is
+                names = tuple(metrics)
+                if names != self._enames:
+                    self._new_group(names)
+                self._erows.append((step, t, *metrics.values()))
             if data_s == data_s:
                 self._data_total += data_s
         else:
@@ -376,7 +383,10 @@ class Run:
     def _emit(self, fixed: list, extras: dict | None) -> None:
         self._rows += _pack(*fixed)
         if extras:
-            self._extras.append((fixed[0], fixed[1], extras))
+            names = tuple(extras)
+            if names != self._enames:
+                self._new_group(names)
+            self._erows.append((fixed[0], fixed[1], *map(float, extras.values())))
 
     def eval(self, step: int, **metrics: Any) -> None:
         """Full-val results at ``step`` (a row of evals.jsonl): ``accuracy=0.91, val_loss=...``."""
@@ -403,21 +413,29 @@ class Run:
                 data = bytes(rows)  # what the other thread appends meanwhile stays for next time
                 del rows[: len(data)]
                 self._steps_out.write(data)
-            extras = self._extras
-            if extras:
-                lines = []
-                while extras:
-                    step, t, values = extras.popleft()
-                    names = tuple(values)
-                    fmt = self._formats.get(names)
-                    if fmt is None:
-                        fmt = self._formats[names] = _row_format(names)
-                    numbers = [float(v) for v in values.values()]
-                    if math.isfinite(sum(numbers)):
-                        lines.append(fmt % (int(step), t, *numbers))
-                    else:  # NaN or inf: JSON's null, one value at a time
-                        lines.append(fmt % (int(step), t, *map(_json_number, numbers)))
-                self._evals_out.write(("\n".join(lines) + "\n").encode())
+        if threading.current_thread() is threading.main_thread():
+            self._flush_extras()
+
+    def _new_group(self, names: tuple) -> None:
+        fmt = self._formats.get(names)
+        if fmt is None:
+            fmt = self._formats[names] = _row_format(names)
+        self._enames, self._erows = names, []
+        self._egroups.append((fmt, self._erows))
+
+    def _flush_extras(self) -> None:
+        """Named per-step values to evals.jsonl: one %-template per set of names."""
+        groups = [(fmt, rows) for fmt, rows in self._egroups if rows]
+        if not groups:
+            return
+        text = "\n".join("\n".join(map(fmt.__mod__, rows)) for fmt, rows in groups) + "\n"
+        for _, rows in groups:
+            rows.clear()
+        self._egroups = [g for g in self._egroups if g[1] is self._erows]
+        if "nan" in text or "inf" in text:  # JSON has no NaN: null (%s wrote nan, inf, -inf)
+            for bad in (":nan", ":inf", ":-inf"):
+                text = text.replace(bad + ",", ":null,").replace(bad + "}", ":null}")
+        self._evals_out.write(text.encode())
 
     # ---- the end -------------------------------------------------------------------
     def finish(self, status: str = "passed", reason: str = "") -> None:
@@ -476,6 +494,7 @@ class Run:
             except Exception:  # a dead CUDA context must not keep the run 'running'
                 self._pending.clear()
         self.flush()
+        self._flush_extras()  # also when the run ends from another thread
         self._closed = True
         self.status = status
         self._telemetry.stop()
@@ -678,10 +697,6 @@ def _row_format(names: tuple) -> str:
     return '{"step":%d,"time":%.3f,"stage":"' + STAGE + '","kind":"step"' + body + "}"
 
 
-def _json_number(v: float) -> str:
-    return repr(v) if math.isfinite(v) else "null"
-
-
 def _mean(values) -> float | None:
     xs = [v for v in values if v == v and abs(v) != math.inf]
     return clean_number(sum(xs) / len(xs)) if xs else None
@@ -791,7 +806,7 @@ class _Telemetry(threading.Thread):
     def run(self) -> None:
         while not self.halt.wait(self.interval):
             try:
-                if self.run_._rows or self.run_._extras:
+                if self.run_._rows:
                     self.run_.flush()
                 self.sample()
             except Exception:  # telemetry must never take the script down

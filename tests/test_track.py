@@ -124,6 +124,24 @@ def test_a_run_folder_like_the_engines(workspace: Path) -> None:
     assert [r["run_id"] for r in listed] == [run.run_id] and listed[0]["status"] == "passed"
 
 
+def test_named_values_of_changing_names_and_non_finite_ones(workspace: Path) -> None:
+    import cockpit.track as track
+
+    with track.start(name="names", workspace=workspace) as run:
+        run.log(1, train_loss=1.0, acc=0.5)
+        run.log(2, train_loss=1.0, acc=math.nan, f1=0.25)
+        run.log(3, train_loss=1.0, f1=math.inf, acc=0.75)
+        run.log(4, train_loss=1.0, acc=7)  # an int: the general path
+    rows = RunFolder(run.path).evals()
+    assert [(r["step"], r.get("acc"), r.get("f1")) for r in rows] == [
+        (1, 0.5, None),
+        (2, None, 0.25),
+        (3, 0.75, None),
+        (4, 7.0, None),
+    ]
+    assert all(r["kind"] == "step" and r["stage"] == "train" for r in rows)
+
+
 def test_import_is_light() -> None:
     code = "import sys, cockpit.track; print(sorted(m for m in ('torch', 'textual', 'psutil', 'yaml') if m in sys.modules))"
     out = subprocess.run(
