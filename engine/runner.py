@@ -26,7 +26,14 @@ from typing import Any
 
 from engine.control import StopFlag
 from engine.torchfree.ladder import STAGES, stage_settings
-from engine.torchfree.preset import Preset, PresetError, loads, override_origin, validate
+from engine.torchfree.preset import (
+    Preset,
+    PresetError,
+    loads,
+    override_origin,
+    read_preset_text,
+    validate,
+)
 from engine.torchfree.runfolder import (
     JsonlAppender,
     RunFolder,
@@ -75,7 +82,8 @@ class Runner:
             code = self._run()
         except BaseException as e:  # a bug in the engine (or a full disk): log it, record it
             log("engine crashed:\n" + traceback.format_exc())
-            self.finish(RunStatus.ERROR,
+            self.finish(
+                RunStatus.ERROR,
                 write_error(e)
                 if is_disk_error(e)
                 else f"the engine crashed: {type(e).__name__}: {e} (traceback in engine.log)",
@@ -126,11 +134,14 @@ class Runner:
     def load_preset(self) -> Preset:
         """The resolved preset; messages point at the user's file while it is unchanged."""
         resolved = self.folder.file("preset.yaml")
-        text = resolved.read_text()
+        text = read_preset_text(resolved)  # a regular file, bounded, UTF-8: else one sentence
         preset = loads(text, resolved)
         source = self.request.get("preset_path")
-        if source and Path(source).is_file():
-            src_text = Path(source).read_text()
+        if isinstance(source, str) and source and Path(source).is_file():
+            try:
+                src_text = read_preset_text(Path(source))
+            except PresetError:  # changed or replaced since: messages name preset.yaml
+                src_text = ""
             if hashlib.sha256(src_text.encode()).hexdigest() == self.request.get("preset_sha256"):
                 original = loads(src_text, Path(source))
                 overrides = self.request.get("overrides") or {}
