@@ -113,10 +113,10 @@ class OverlayPlot(CachedPlot):
             unit_range=self.kind == "metric",
         )
 
-    def draw(self, plt: Plot, width: int, height: int) -> None:
+    def draw(self, plt: Plot, width: int, height: int):
         prepared = self._prepared
         figure = prepared[1] if prepared and prepared[0] == width else self.figure(width)
-        figure.plot(
+        return figure.plot(
             plt, self.settings.plotext_marker, log=self._log(), unit_range=self.kind == "metric"
         )
 

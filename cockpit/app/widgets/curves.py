@@ -18,9 +18,12 @@ from cockpit.app.settings import PIXELS_PER_CELL, ViewSettings
 from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.plot import (
     CachedPlot,
+    Series,
+    anchor_axes,
     dot_grid,
     dots,
     nice_ticks,
+    raster,
     set_step_axis,
     set_value_axis,
     to_log,
@@ -122,14 +125,18 @@ class Figure:
         if axes is None:
             return
         x_lo, x_hi, y_lo, y_hi = axes
-        for line in self.lines:
-            draw = plt.scatter if line.points else plt.plot
-            draw(line.xs, line.ys, marker=line.marker or marker, color=line.color)
         for x in self.vlines:
             if x_lo <= x <= x_hi:
                 plt.vline(x, FORK_LINE)
-        set_step_axis(plt, x_lo, x_hi)
+        x_lo, x_hi = set_step_axis(plt, x_lo, x_hi)
         set_value_axis(plt, y_lo, y_hi, log=log)
+        y_lo, y_hi, _ = value_ticks(y_lo, y_hi, log=log)
+        if not (math.isfinite(y_lo) and math.isfinite(y_hi)):
+            return None
+        series = [Series(ln.xs, ln.ys, ln.color, ln.points, ln.marker) for ln in self.lines]
+        box = (x_lo, x_hi, y_lo, y_hi)
+        anchor_axes(plt, box)
+        return lambda matrix: raster(matrix, series, box, marker)
 
 
 def step_range(stage: StageHistory) -> tuple[float, float] | None:
@@ -281,12 +288,12 @@ class StagePlot(CachedPlot):
             x_range=steps,
         )
 
-    def draw(self, plt: Plot, width: int, height: int) -> None:
+    def draw(self, plt: Plot, width: int, height: int):
         prepared = self._prepare(width)
         if prepared is None:
-            return
+            return None
         figure, steps = prepared
-        figure.plot(
+        return figure.plot(
             plt,
             self.settings.plotext_marker,
             log=self.log_axis(),

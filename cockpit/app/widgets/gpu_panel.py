@@ -17,7 +17,15 @@ from cockpit.app.settings import ViewSettings
 from cockpit.app.verdict import RECENT_S, bottleneck, mean_since
 from cockpit.app.widgets.curves import Y_AXIS_CELLS, buckets_for, swatch
 from cockpit.app.widgets.live_text import LiveText
-from cockpit.app.widgets.plot import CachedPlot, dot_grid, dots, set_y_ticks
+from cockpit.app.widgets.plot import (
+    CachedPlot,
+    Series,
+    anchor_axes,
+    dot_grid,
+    dots,
+    raster,
+    set_y_ticks,
+)
 
 if TYPE_CHECKING:
     from textual_plotext.plot import Plot
@@ -168,14 +176,16 @@ class DevicePlot(CachedPlot):
             ),
         )
 
-    def draw(self, plt: Plot, width: int, height: int) -> None:
+    def draw(self, plt: Plot, width: int, height: int):
         marker = self.settings.plotext_marker
-        for xs, ys, color in self._lines_for(width):
-            plt.plot(xs, ys, marker=marker, color=color)
+        series = [Series(xs, ys, color) for xs, ys, color in self._lines_for(width)]
         plt.xlim(-WINDOW_S, 0)
         plt.xticks([-600, -450, -300, -150, 0], ["-10m", "-7.5m", "-5m", "-2.5m", "now"])
         plt.ylim(-4, 104)
         set_y_ticks(plt, [0, 50, 100], ["0%", "50%", "100%"])
+        box = (-WINDOW_S, 0.0, -4.0, 104.0)
+        anchor_axes(plt, box)
+        return lambda matrix: raster(matrix, series, box, marker)
 
 
 class DevicePanel(Vertical):

@@ -206,9 +206,17 @@ class RunsTable(VimTable):
         ``sort`` (column key, reversed) puts an arrow on that column's header."""
         columns = self.column_set(width)
         keys = [key for key, _ in rows]
-        if columns != self.columns_now or keys != self._row_keys or sort != self._sort:
+        known = len(self._row_keys)
+        if columns != self.columns_now or sort != self._sort:
             self._rebuild(rows, columns, sort)
             return
+        if keys != self._row_keys:
+            if known and keys[:known] == self._row_keys:
+                self._append(rows[known:], columns)  # a large workspace arriving in batches
+                rows = rows[:known]
+            else:
+                self._rebuild(rows, columns, sort)
+                return
         for key, cells in rows:
             old = self._cells.get(key, {})
             for column in columns:
@@ -224,6 +232,13 @@ class RunsTable(VimTable):
         if column.right:
             cell.pad_left(column.width - 1 - cell.cell_len)
         return cell
+
+    def _append(self, rows: list[tuple[str, dict[str, Text]]], columns: tuple[Column, ...]) -> None:
+        for key, cells in rows:
+            fitted = {c.key: self._fit(cells[c.key], c) for c in columns}
+            self._cells[key] = fitted
+            self.add_row(*(fitted[c.key] for c in columns), key=key)
+            self._row_keys.append(key)
 
     def _rebuild(
         self,

@@ -1,0 +1,219 @@
+"""What keeps the app cheap to watch: its own rasterizer against plotext's, the dot keys that
+skip redraws, the GPU panel's fixed bins, the vectorised history reader against the exact
+loop, and a workspace listed a batch at a time."""
+
+from __future__ import annotations
+
+import math
+import random
+from itertools import accumulate
+
+import numpy as np
+import pytest
+from textual_plotext.plot import Plot
+
+from cockpit.app.history import RunHistory, StepsReader, debiased_ema
+from cockpit.app.messages import RunsUpdated
+from cockpit.app.watcher import WorkspaceWatcher, created_hint
+from cockpit.app.widgets.curves import Figure, Line
+from cockpit.app.widgets.gpu_panel import binned
+from cockpit.app.widgets.plot import (
+    Series,
+    anchor_axes,
+    raster,
+    set_step_axis,
+    set_value_axis,
+    value_ticks,
+)
+from engine.torchfree.runfolder import STEP_COLUMNS, RunFolder, StepsAppender, write_json_atomic
+from tests.app.workspaces import RunSpec, loss_rows, write_run
+
+# ---- the rasterizer draws what plotext draws ------------------------------------------------
+
+
+def reference(series: list[Series], box, marker: str, size: tuple[int, int]):
+    """plotext drawing the series itself (the way the app drew them before)."""
+    plt = Plot()
+    plt.plotsize(*size)
+    for s in series:
+        draw = plt.scatter if s.points else plt.plot
+        draw(list(s.xs), list(s.ys), marker=s.marker or marker, color=s.color)
+    return frame(plt, box)
+
+
+def frame(plt: Plot, box):
+    x_lo, x_hi, y_lo, y_hi = box
+    set_step_axis(plt, x_lo, x_hi)
+    set_value_axis(plt, y_lo, y_hi, log=False)
+    plt._set_sizes()
+    plt._build_matrix()
+    return plt.monitor.matrix
+
+
+def ours(series: list[Series], box, marker: str, size: tuple[int, int]):
+    plt = Plot()
+    plt.plotsize(*size)
+    y_lo, y_hi, _ = value_ticks(box[2], box[3], log=False)
+    anchor_axes(plt, (box[0], box[1], y_lo, y_hi))
+    matrix = frame(plt, box)
+    raster(matrix, series, (box[0], box[1], y_lo, y_hi), marker)
+    return matrix
+
+
+def cells(matrix) -> list[tuple]:
+    return [
+        (matrix.marker[r][c], matrix.fullground[r][c], matrix.style[r][c])
+        for r in matrix.Rows
+        for c in range(matrix.cols)
+    ]
+
+
+@pytest.mark.parametrize("marker", ["braille", "hd", "dot"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_rasterizer_draws_cell_for_cell_what_plotext_draws(marker, seed):
+    rng = random.Random(seed)
+    n = rng.choice([3, 40, 400])
+    xs = sorted(rng.uniform(0, 1000) for _ in range(n))
+    noisy = [1.5 * math.exp(-x / 300) + rng.gauss(0, 0.2) for x in xs]
+    smooth = list(accumulate(noisy, lambda e, v: 0.9 * e + 0.1 * v))
+    series = [
+        Series(xs, noisy, (60, 95, 140), points=True),  # the raw band
+        Series(xs, [v * 1.1 for v in noisy], (135, 95, 55), points=True),
+        Series(xs, smooth, (97, 175, 239)),  # lines over it
+        Series(xs[:: max(1, n // 5)], smooth[:: max(1, n // 5)], (230, 230, 230), True, "●"),
+        Series([-50.0, 500.0, 1200.0], [0.5, 3.0, -1.0], (1, 2, 3)),  # leaves the canvas
+    ]
+    box = (0.0, 1000.0, min(noisy), max(noisy) * 1.1)
+    for size in ((60, 14), (118, 16), (33, 9)):
+        assert cells(ours(series, box, marker, size)) == cells(reference(series, box, marker, size))
+
+
+# ---- a redraw that moves no dot is skipped --------------------------------------------------
+
+
+def test_the_dot_key_changes_only_when_a_dot_would_move():
+    xs = [float(x) for x in range(0, 1000, 10)]
+    ys = [math.exp(-x / 400) for x in xs]
+
+    def key(xs, ys, points=False):
+        figure = Figure([Line(xs, ys, (1, 2, 3), points=points)])
+        return figure.visible_key(118, 16, "braille", log=False, x_range=(0.0, 1200.0))
+
+    base = key(xs, ys)
+    # a new point in the dot the line already ends in: the same picture
+    assert key([*xs, xs[-1] + 0.1], [*ys, ys[-1]]) == base
+    # one that reaches the next dot column: a new picture
+    assert key([*xs, xs[-1] + 15.0], [*ys, ys[-1]]) != base
+    # scattered points are a set of dots: a repeat lights nothing new
+    assert key([*xs, xs[3]], [*ys, ys[3]], points=True) == key(xs, ys, points=True)
+
+
+def test_gpu_panel_bins_are_fixed_in_time_and_only_finished_ones_show():
+    width = 600.0 / 100
+    points = [(1000.0 + t, float(t)) for t in range(0, 60)]
+    xs, ys = binned(points, 100, now=1059.5)
+    assert len(xs) == 10  # 996-1002 s ... 1050-1056 s; the one still filling is not drawn
+    # half a second later: the same slices, moved by half a second, the same values
+    xs2, ys2 = binned(points, 100, now=1060.0)
+    assert ys2 == ys and xs2 == pytest.approx([x - 0.5 for x in xs])
+    assert all(x % width == pytest.approx(width / 2) for x in (x + 1059.5 for x in xs))
+
+
+# ---- the history reader -------------------------------------------------------------------
+
+
+def exact_ema(ys, beta):
+    out, ema = [], 0.0
+    for i, v in enumerate(ys, 1):
+        ema = beta * ema + (1 - beta) * v
+        out.append(ema / (1 - beta**i))
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 0.99, 0.999])
+def test_the_vectorised_ema_is_the_exact_loop_across_chunks(beta):
+    rng = random.Random(3)
+    ys = [rng.gauss(1.0, 0.3) * math.exp(-i / 2000) for i in range(5000)]
+    expected = ys if beta == 0 else exact_ema(ys, beta)
+    whole, _ = debiased_ema(ys, beta, (0.0, 0))
+    assert whole.tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    head, state = debiased_ema(ys[:1234], beta, (0.0, 0))
+    tail, _ = debiased_ema(ys[1234:], beta, state)
+    assert np.concatenate([head, tail]).tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_a_loss_near_the_float_limit_falls_back_to_the_exact_loop():
+    ys = [1e300, 1e300, 1e299]
+    out, _ = debiased_ema(ys, 0.5, (0.0, 0))
+    assert np.isfinite(out).all() and out.tolist() == pytest.approx(exact_ema(ys, 0.5))
+
+
+def test_the_reader_decodes_only_whole_records_in_chunks_and_older_layouts(workspace):
+    folder = write_run(
+        workspace, RunSpec("r-read", stage_names=["train"], steps=loss_rows(range(1, 1001), 0))
+    )
+    reader = StepsReader(folder.file("steps.bin"))
+    chunks = list(reader.read_new(chunk=300))  # 300 + 300 + 300 + 100 records
+    assert [len(c["step"]) for c in chunks] == [300, 300, 300, 100]
+    assert np.concatenate([c["step"] for c in chunks]).tolist() == [
+        float(s) for s in range(1, 1001)
+    ]
+    out = StepsAppender(folder.file("steps.bin"))
+    out.append_many(loss_rows(range(1001, 1003), 0))
+    out.write(b"\x01" * 30)  # a record still being written
+    out.close()
+    assert [c["step"].tolist() for c in reader.read_new()] == [[1001.0, 1002.0]]
+    assert reader.offset == 1002 * 8 * len(STEP_COLUMNS)
+    # a run written with an older layout (no val_loss column): the curve without val points
+    old = RunFolder(workspace / "r-old")
+    old.path.mkdir()
+    write_json_atomic(old.file("steps.json"), {"columns": ["step", "stage", "train_loss"]})
+    old.file("steps.bin").write_bytes(np.array([[1, 0, 2.0], [2, 0, 1.0]], "<f8").tobytes())
+    (cols,) = StepsReader(old.file("steps.bin")).read_new()
+    assert cols["train_loss"].tolist() == [2.0, 1.0] and np.isnan(cols["val_loss"]).all()
+
+
+def test_damaged_stage_values_are_skipped_not_fatal(workspace):
+    rows = loss_rows(range(1, 101), 0)
+    rows[40] = (41.0, 0.0, math.nan, 1.0, math.nan, 0.0, 0.0, math.nan, 1e-3)
+    folder = write_run(workspace, RunSpec("r-nan", stage_names=["train"], steps=rows))
+    history = RunHistory(folder)
+    history.poll()
+    assert history.stages["train"].steps == 99
+
+
+def test_a_history_keeps_envelopes_not_points(workspace):
+    """Memory stays bounded: 200k steps leave a few thousand envelope points per series."""
+    folder = write_run(
+        workspace, RunSpec("r-long", stage_names=["train"], steps=loss_rows(range(1, 200_001), 0))
+    )
+    history = RunHistory(folder)
+    history.poll()
+    series = history.stages["train"].train
+    assert len(series) == 200_000 and (series.first_x, series.last_x) == (1, 200_000)
+    held = sum(
+        arr.nbytes
+        for env in (series.raw, series.smooth)
+        for arr in (env.lo_x, env.lo_y, env.hi_x, env.hi_y, env._tail_x, env._tail_y)
+    )
+    assert held < 200_000 * 8 / 10
+    assert not hasattr(series, "xs")
+
+
+# ---- a large workspace is listed a batch at a time ----------------------------------------
+
+
+def test_a_large_workspace_is_posted_in_growing_batches_oldest_first(workspace):
+    for i in range(250):
+        write_run(workspace, RunSpec(f"sweep-20300101-{i // 60:02d}{i % 60:02d}00-{i:04x}"))
+    posted: list[RunsUpdated] = []
+    watcher = WorkspaceWatcher(workspace, posted.append)
+    watcher.scan()
+    sizes = [len(m.runs) for m in posted]
+    assert sizes == [40, 160, 250]
+    assert [m.loading for m in posted] == [(40, 250), (160, 250), None]
+    oldest = sorted(posted[-1].runs, key=lambda r: created_hint(r.run_id))[:40]
+    assert {r.run_id for r in posted[0].runs} == {r.run_id for r in oldest}
+    posted.clear()
+    watcher.scan()
+    assert posted == []  # nothing changed: nothing posted
