@@ -781,3 +781,17 @@ def test_a_checkpoint_is_as_private_as_its_run(tmp_path, umask_022):
     folder.path.mkdir(mode=0o700)
     path = checkpoint.save(folder, torch.nn.Linear(2, 2), None, 1, "train")
     assert _mode(folder.path) == 0o700 and _mode(path.parent / "latest.json") & 0o077 == 0
+
+
+def test_a_run_folder_named_in_other_bytes_lists_escaped(tmp_path):
+    """Folder names are bytes on Linux; one that is not UTF-8 prints escaped, never as a
+    UnicodeEncodeError traceback that hides every run after it."""
+    from tests.conftest import cockpit
+
+    ws = tmp_path / "ws"
+    healthy(ws, GOOD)
+    healthy(ws, os.fsdecode(b"bad-\xff\xfe-run"))
+    for args in (["ls"], ["ls", "--json"]):
+        r = cockpit(*args, workspace=ws)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert GOOD in r.stdout and "bad-" in r.stdout
