@@ -196,14 +196,9 @@ def engine_process(folder: RunFolder) -> psutil.Process | None:
 
 
 def _may_signal(pid: int) -> bool:
-    """Never this process, its parent (the shell or the app), init, or a member of our own
-    process group, whatever a (forged) record says."""
-    if pid <= 1 or pid in (os.getpid(), os.getppid()):
-        return False
-    try:
-        return os.getpgid(pid) != os.getpgrp()
-    except OSError:
-        return True  # gone: psutil finds nothing to signal anyway
+    """Never init, this process, its parent (the shell or the app) or the leader of its own
+    process group (the shell's job), whatever a (forged) record says."""
+    return pid > 1 and pid not in (os.getpid(), os.getppid(), os.getpgrp())
 
 
 def process_tree(p: psutil.Process) -> list[psutil.Process]:

@@ -564,26 +564,19 @@ def test_kill_never_signals_a_recorded_group_that_is_not_the_engines(tmp_path):
         engine.kill()
 
 
-def test_kill_never_signals_its_own_process_group(tmp_path):
-    """Records naming a process of the caller's own group (the shell, the app, the terminal's
-    job), with the right start times: nothing is signalled."""
-    ours = subprocess.Popen(["sleep", "60"])  # in our process group, as the shell would be
-    try:
-        created = psutil.Process(ours.pid).create_time()
-        folder = RunFolder(tmp_path / "run")
-        folder.path.mkdir()
-        write_json_atomic(folder.file("summary.json"), {"status": "running"})
-        record = {"pid": ours.pid, "pgid": ours.pid, "create_time": created}
-        write_json_atomic(folder.file("proc.json"), record)
-        JsonlAppender(folder.file("workers.jsonl")).append({**record, "role": "rank 0"})
-        JsonlAppender(folder.file("workers.jsonl")).append(
-            {"pid": os.getpid(), "create_time": psutil.Process().create_time()}
-        )
-        launch.stop(folder, grace=0.2)
-        assert ours.poll() is None
-    finally:
-        ours.kill()
-        ours.wait()
+def test_kill_never_signals_cockpit_itself_its_parent_or_its_job(tmp_path):
+    """Records naming this very process (or the shell above it), with the right start times:
+    nothing is signalled — the test would not survive otherwise."""
+    for pid in (os.getpid(), os.getppid(), os.getpgrp(), 1):
+        assert not launch._may_signal(pid)
+    me = {"pid": os.getpid(), "pgid": os.getpid(), "create_time": psutil.Process().create_time()}
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    write_json_atomic(folder.file("summary.json"), {"status": "running"})
+    write_json_atomic(folder.file("proc.json"), me)
+    JsonlAppender(folder.file("workers.jsonl")).append({**me, "role": "rank 0"})
+    assert launch.engine_process(folder) is None and launch.recorded_processes(folder) == []
+    assert launch.stop(folder, grace=0.1) is False
 
 
 @pytest.mark.parametrize(
