@@ -189,7 +189,7 @@ def draw_batch(snap: dict, width: int = 80, color: bool = True, samples: int = 8
     )
     captions = _labels_of(snap)
     for t in snap["tensors"]:
-        shape = "(" + ", ".join(str(s) for s in t["shape"]) + ")"
+        shape = str(tuple(t["shape"]))
         out.append(
             plain(f"{t['name']}: {t['kind']} {shape} {t['dtype']}  {stats_text(t['stats'])}")
         )
@@ -286,7 +286,7 @@ def render(folder: RunFolder, split: str = "both", width: int = 80, color: bool 
         state = folder.state().get("status", "?")
         return (
             f"{folder.run_id}: no batch snapshot yet (the engine writes batches/ when the run "
-            f"starts; the run is {state})"
+            f"starts; this run is {state}, and runs from before cockpit show have none)"
         )
     lines: list[Line] = [plain(f"{folder.run_id} · the batch before the net")]
     for name in SPLITS if split == "both" else (split,):

@@ -66,7 +66,7 @@ class BatchView(Static):
             self.update(
                 Text(
                     "no batch yet: the engine writes the first train and val batch when the run "
-                    f"starts (it is {status}); runs started before cockpit show existed have none",
+                    f"starts (this run is {status}); runs from before cockpit show have none",
                     style="dim",
                 )
             )
