@@ -70,3 +70,214 @@ def test_a_falling_val_loss_does_not_pass_while_the_metric_stays_at_the_baseline
     assert beats["status"] == "fail", beats
     assert "within noise of" in beats["detail"] and "majority class" in beats["detail"]
     assert rec["status"] != "pass", rec["reason"]
+
+
+# ---------------------------------------------------------------- pruning
+# engine/torchfree/pruning.py: the median rule, its warmup, its cadence and its quorum.
+
+
+def _peers(ws, values_by_peer: dict[str, dict[int, float]], group: str = "g"):
+    from engine.torchfree.runfolder import JsonlAppender, write_json_atomic
+
+    for name, values in values_by_peer.items():
+        (ws / name).mkdir()
+        write_json_atomic(ws / name / "run.json", {"group": group})
+        out = JsonlAppender(ws / name / "evals.jsonl")
+        for step, v in values.items():
+            out.append({"step": step, "stage": "train", "val_loss": v, "accuracy": 1 - v})
+
+
+def _pruner(ws, decisions: list, **settings):
+    from engine.torchfree.preset import PruneSettings
+    from engine.torchfree.pruning import GroupPeers, MedianPruner
+
+    s = PruneSettings(**{"rule": "median", **settings})
+    return s, MedianPruner(s, GroupPeers(ws, "g", "me"), s.metric == "accuracy", decisions.append)
+
+
+def test_the_median_itself_is_not_worse_than_the_median():
+    from engine.torchfree.pruning import median_to_beat
+
+    peers = [0.4, 0.5, 0.6]
+    assert median_to_beat(0.5, peers, higher_is_better=False, min_peers=3) is None
+    assert median_to_beat(0.5 + 1e-9, peers, higher_is_better=False, min_peers=3) == 0.5
+    assert median_to_beat(0.5, peers, higher_is_better=True, min_peers=3) is None
+    assert median_to_beat(0.5 - 1e-9, peers, higher_is_better=True, min_peers=3) == 0.5
+    # better than the median is never pruned, in either direction
+    assert median_to_beat(0.1, peers, higher_is_better=False, min_peers=3) is None
+    assert median_to_beat(0.9, peers, higher_is_better=True, min_peers=3) is None
+
+
+def test_the_quorum_of_peers_is_min_peers_and_at_least_one():
+    from engine.torchfree.pruning import median_to_beat
+
+    assert median_to_beat(9.0, [1.0, 2.0], higher_is_better=False, min_peers=2) == 1.5
+    assert median_to_beat(9.0, [1.0], higher_is_better=False, min_peers=2) is None
+    assert median_to_beat(9.0, [1.0, 2.0, 3.0], higher_is_better=False, min_peers=4) is None
+    assert median_to_beat(9.0, [1.0], higher_is_better=False, min_peers=0) == 1.0
+    assert median_to_beat(9.0, [], higher_is_better=False, min_peers=0) is None
+
+
+def test_no_run_is_judged_before_the_warmup_step(workspace):
+    from engine.torchfree.preset import PruneSettings
+
+    warm = PruneSettings().warmup_steps  # the default: a deliberate change moves the cases
+    _peers(workspace, {"a": {warm - 1: 0.1, warm: 0.1}, "b": {warm - 1: 0.2, warm: 0.2}})
+    decisions: list = []
+    _s, p = _pruner(workspace, decisions, min_peers=2)
+    p(warm - 1, {"val_loss": 5.0})  # far behind, but one step before the warmup ends
+    assert decisions == []
+    p(warm, {"val_loss": 5.0})  # at the warmup step: judged, and behind
+    (d,) = decisions
+    # the step judged is the warmup step itself: the earlier evaluation does not count
+    assert (d.step, d.at_step, d.value, d.median, d.peers) == (
+        warm,
+        warm,
+        5.0,
+        0.15000000000000002,
+        2,
+    )
+
+
+def test_a_run_is_judged_every_n_steps_not_more_often(workspace):
+    from engine.torchfree.preset import PruneSettings
+
+    s = PruneSettings()
+    warm, every = s.warmup_steps, s.every
+    # the peers have evaluations one step before the next judgement, and at it
+    _peers(
+        workspace,
+        {
+            "a": {warm + every - 1: 0.1, warm + every: 0.1},
+            "b": {warm + every - 1: 0.2, warm + every: 0.2},
+        },
+    )
+    decisions: list = []
+    _s, p = _pruner(workspace, decisions, min_peers=2)
+    p(warm, {"val_loss": 9.0})  # judged (the clock starts), but no peer is at this step
+    p(warm + every - 1, {"val_loss": 9.0})  # far behind — and not judged: one step early
+    assert decisions == []
+    p(warm + every, {"val_loss": 9.0})
+    (d,) = decisions
+    assert (d.step, d.at_step, d.median) == (warm + every, warm + every, pytest.approx(0.15))
+
+
+def test_the_run_is_judged_by_its_best_value_up_to_the_step(workspace):
+    _peers(workspace, {"a": {10: 0.5, 20: 0.5}, "b": {10: 0.7, 20: 0.7}})
+    decisions: list = []
+    _s, p = _pruner(workspace, decisions, warmup_steps=10, every=10, min_peers=2)
+    p(10, {"val_loss": 0.55})  # 0.55 < 0.6: ahead
+    p(20, {"val_loss": 0.65})  # worse now, but its best (0.55) still beats the median 0.6
+    assert decisions == []
+    decisions_acc: list = []
+    _s, p = _pruner(
+        workspace, decisions_acc, metric="accuracy", warmup_steps=10, every=10, min_peers=2
+    )
+    p(10, {"accuracy": 0.39})  # peers' accuracy 0.5 and 0.3: median 0.4, 0.39 is behind
+    (d,) = decisions_acc
+    assert d.metric == "accuracy" and d.median == pytest.approx(0.4) and d.value == 0.39
+
+
+def test_peers_are_the_groups_train_evaluations_only(workspace):
+    import math
+
+    from engine.torchfree.pruning import GroupPeers
+    from engine.torchfree.runfolder import JsonlAppender, write_json_atomic
+
+    _peers(workspace, {"a": {10: 0.5}, "b": {10: 0.7}, "me": {10: 9.0}})
+    _peers(workspace, {"x": {10: 0.0}}, group="other")
+    (workspace / "c").mkdir()
+    write_json_atomic(workspace / "c" / "run.json", {"group": "g"})
+    out = JsonlAppender(workspace / "c" / "evals.jsonl")
+    out.append({"step": 10, "stage": "generalize", "val_loss": 0.0})  # another stage
+    out.append({"step": 10.0, "stage": "train", "val_loss": 0.0})  # not an int step
+    out.append({"step": 10, "stage": "train", "val_loss": math.nan})  # NaN never counts
+    (workspace / "not-yet").mkdir()  # no run.json yet: looked at again next time
+    peers = GroupPeers(workspace, "g", "me")
+    peers.refresh()
+    assert sorted(peers.values_at(10, "val_loss")) == [0.5, 0.7]
+    assert sorted(peers.values_at(10, "accuracy")) == pytest.approx([0.3, 0.5])
+    assert peers.values_at(20, "val_loss") == []
+    assert "x" in peers.outsiders and "not-yet" not in peers.outsiders
+    write_json_atomic(workspace / "not-yet" / "run.json", {"group": "g"})
+    JsonlAppender(workspace / "not-yet" / "evals.jsonl").append(
+        {"step": 10, "stage": "train", "val_loss": 0.6}
+    )
+    peers.refresh()
+    assert sorted(peers.values_at(10, "val_loss")) == [0.5, 0.6, 0.7]
+    # an evaluation appended later is read incrementally
+    JsonlAppender(workspace / "a" / "evals.jsonl").append(
+        {"step": 20, "stage": "train", "val_loss": 0.4}
+    )
+    peers.refresh()
+    assert peers.values_at(20, "val_loss") == [0.4]
+
+
+def test_a_missing_workspace_has_no_peers(tmp_path):
+    from engine.torchfree.pruning import GroupPeers
+
+    peers = GroupPeers(tmp_path / "gone", "g", "me")
+    peers.refresh()
+    assert peers.values_at(10, "val_loss") == []
+
+
+def test_prune_settings_per_task():
+    from engine.torchfree import preset as presets
+    from engine.torchfree.preset import PresetError
+    from engine.torchfree.pruning import settings_of
+
+    ok = presets.load(BLOBS, {"prune.rule": "median", "prune.metric": "accuracy"})
+    assert settings_of(ok).metric == "accuracy"
+    off = presets.load(BLOBS, {"prune.rule": "none", "prune.metric": "miou"})
+    assert settings_of(off).rule == "none"  # an unused metric is not checked
+    with pytest.raises(PresetError, match=r"one of val_loss, accuracy, macro_f1"):
+        settings_of(presets.load(BLOBS, {"prune.rule": "median", "prune.metric": "miou"}))
+    reg = presets.load(
+        ZOO / "blobs.yaml",
+        {"task": "regression", "prune.rule": "median", "prune.metric": "mae"},
+    )
+    assert settings_of(reg).metric == "mae"
+
+
+def test_the_pruning_reason_in_numbers():
+    from engine.torchfree.pruning import Decision
+
+    d = Decision("val_loss", 0.00012345, 300, 0.0, 3, 310)
+    assert d.reason == "pruned: val_loss 1.23e-04 at step 300 is worse than the median 0 of 3 peers"
+    assert Decision("accuracy", 0.001, 1, 12.3456, 2, 1).reason.startswith(
+        "pruned: accuracy 0.001 at step 1 is worse than the median 12.3 of 2"
+    )
+    j = d.to_json()
+    assert j["rule"] == "median" and j["at_step"] == 310 and j["peers"] == 3
+
+
+def test_attach_listens_only_for_a_pruning_group_member(workspace):
+    import types
+
+    from engine.torchfree import preset as presets
+    from engine.torchfree.pruning import MedianPruner, attach
+
+    def ctx(overrides):
+        requests: list = []
+        c = types.SimpleNamespace(
+            preset=presets.load(BLOBS, overrides),
+            folder=types.SimpleNamespace(path=workspace / "me", run_id="me"),
+            eval_listeners=[],
+            stop=types.SimpleNamespace(request=lambda **kw: requests.append(kw)),
+        )
+        return c, requests
+
+    c, _ = ctx({"prune.rule": "median"})
+    assert attach(c, {}) is None and c.eval_listeners == []  # not in a group
+    c, _ = ctx({"prune.rule": "none"})
+    assert attach(c, {"group": "g"}) is None and c.eval_listeners == []
+    c, requests = ctx(
+        {"prune": {"rule": "median", "metric": "accuracy", "warmup_steps": 1, "every": 1}}
+    )
+    _peers(workspace, {"a": {1: 0.1}, "b": {1: 0.3}})
+    p = attach(c, {"group": "g"})
+    assert isinstance(p, MedianPruner) and c.eval_listeners == [p]
+    assert p.higher is True  # accuracy: higher is better
+    p(1, {"accuracy": 0.5})  # peers 0.9 and 0.7: behind
+    (req,) = requests
+    assert req["pruned"]["reason"].startswith("pruned: accuracy 0.5 at step 1")
