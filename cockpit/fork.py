@@ -26,7 +26,8 @@ def parent_preset(parent: RunFolder) -> Preset:
         raise LookupError(f"run {parent.run_id} has no preset.yaml to fork from")
     preset = loads(read_preset_text(path), path)
     source = request.get("preset_path")
-    if isinstance(source, str) and source:  # keep the original path so the child's folder is importable the same way
+    # keep the original path so the child's folder is importable the same way
+    if isinstance(source, str) and source:
         preset = Preset(preset.data, Path(source), {}, {})
     return preset
 
