@@ -281,3 +281,90 @@ def test_attach_listens_only_for_a_pruning_group_member(workspace):
     p(1, {"accuracy": 0.5})  # peers 0.9 and 0.7: behind
     (req,) = requests
     assert req["pruned"]["reason"].startswith("pruned: accuracy 0.5 at step 1")
+
+
+# ---------------------------------------------------------------- data-bound share
+# engine/torchfree/ladder.py's is_data_bound (the speed verdict and the app's GPU panel) and
+# the speed stage's use of it: the real loop's median share of a step spent waiting on data.
+
+
+def test_is_data_bound_above_the_share_not_at_it():
+    from engine.torchfree.ladder import SpeedSettings, is_data_bound
+
+    limit = SpeedSettings().data_bound
+    assert is_data_bound(math.nextafter(limit, 1.0))
+    assert not is_data_bound(limit)
+    assert not is_data_bound(math.nextafter(limit, 0.0))
+    assert is_data_bound(0.5, limit=0.4) and not is_data_bound(0.4, limit=0.4)
+
+
+def _speed(workspace, monkeypatch, shares: list[float], step_s: float | None = None) -> dict:
+    """The speed stage with its real-loop measurement replaced by rows of known shares."""
+    import engine.stages.speed as speed
+    from engine.loop import LoopResult, Row
+    from engine.torchfree.ladder import SpeedSettings
+
+    s = SpeedSettings()
+    step_s = s.max_batch_s if step_s is None else step_s
+
+    def fake_loop(ctx, model, optimizer, batches, *, steps, **kw):
+        rows = [
+            Row(
+                step=i + 1,
+                time=0.0,
+                train_loss=1.0,
+                val_loss=1.0,
+                data_s=share * step_s,
+                step_s=step_s,
+                gpu_s=math.nan,
+                lr=1e-3,
+            )
+            for i, share in enumerate(shares)
+        ]
+        return LoopResult(rows=rows)
+
+    monkeypatch.setattr(speed, "train_loop", fake_loop)
+    more = {"speed.batches": 2, "speed.seconds": 2}
+    if "compare_precision" in {f for f in SpeedSettings.__dataclass_fields__}:
+        more["speed.compare_precision"] = False
+    _code, summary, _ = run_inprocess(BLOBS, workspace, overrides=more, stages=["speed"])
+    return stage(summary, "speed")
+
+
+def test_speed_is_compute_bound_at_the_data_bound_share(workspace, monkeypatch):
+    from engine.torchfree.ladder import SpeedSettings
+
+    limit = SpeedSettings().data_bound
+    # the first step pays for start-up and is left out: its share must not decide
+    rec = _speed(workspace, monkeypatch, [0.99, limit, limit, limit])
+    assert rec["metrics"]["data_wait_share"] == pytest.approx(limit)
+    assert check(rec, "data_wait")["status"] == "pass"
+    assert rec["metrics"]["data_bound"] == 0.0
+    assert rec["status"] == "pass" and rec["reason"].startswith("compute-bound")
+    # one step at 1.0 s is the limit itself: not over it
+    assert check(rec, "batch_time")["status"] == "pass"
+
+
+def test_speed_is_data_bound_just_above_the_share(workspace, monkeypatch):
+    from engine.torchfree.ladder import SpeedSettings
+
+    limit = SpeedSettings().data_bound
+    above = limit + 0.01
+    rec = _speed(workspace, monkeypatch, [0.0, above, above, limit])  # median of the last 3
+    assert rec["metrics"]["data_wait_share"] == pytest.approx(above)
+    wait = check(rec, "data_wait")
+    assert wait["status"] == "warn" and wait["detail"].startswith("data-bound")
+    assert f"{100 * above:.0f}% of the time" in wait["detail"]
+    assert "set num_workers (now 0" in wait["detail"]  # the advice names the knob
+    assert rec["metrics"]["data_bound"] == 1.0
+    assert rec["status"] == "warn" and "data-bound" in rec["reason"]
+
+
+def test_speed_fails_a_batch_just_over_the_time_limit(workspace, monkeypatch):
+    from engine.torchfree.ladder import SpeedSettings
+
+    limit = SpeedSettings().max_batch_s
+    rec = _speed(workspace, monkeypatch, [0.1, 0.1, 0.1], step_s=math.nextafter(limit, 2 * limit))
+    got = check(rec, "batch_time")
+    assert got["status"] == "fail" and f"over {limit:g} s" in got["detail"]
+    assert rec["status"] == "fail"
