@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command is None:
             from cockpit.app import run_app
+            from engine.torchfree.runfolder import resolve_workspace
 
+            check_workspace(resolve_workspace(args.workspace))  # a file there: one sentence
             if getattr(args, "tensorboard", None):
                 return run_app(args.workspace, tensorboard=args.tensorboard)
             return run_app(args.workspace)

@@ -291,7 +291,7 @@ def _loop(tmp_path: Path) -> Path:
 def test_workspace_that_is_a_file(no_engine, capsys, tmp_path):
     preset = write(tmp_path / "p.yaml", BASE.replace("mytask", "zoo"))
     ws = write(tmp_path / "ws", "not a folder")
-    for argv in (["run", str(preset)], ["ls"], ["ls", "--json"]):
+    for argv in ([], ["run", str(preset)], ["ls"], ["ls", "--json"]):  # [] is the app
         line = refused(capsys, [*argv, "--workspace", str(ws)])
         assert "is a file, not a folder" in line
 
