@@ -368,3 +368,71 @@ def test_speed_fails_a_batch_just_over_the_time_limit(workspace, monkeypatch):
     got = check(rec, "batch_time")
     assert got["status"] == "fail" and f"over {limit:g} s" in got["detail"]
     assert rec["status"] == "fail"
+
+
+# ---------------------------------------------------------------- slots
+# engine/torchfree/slots: what a run asks for, whether it can ever fit, how many CPU runs go.
+
+
+def test_what_a_preset_asks_for():
+    from engine.torchfree.slots.leases import demand
+
+    two = [0, 1]
+    assert demand({"gpus": 1}, two, 4) == ("gpu", 1)
+    assert demand({"gpus": 2}, two, 4) == ("gpu", 2)
+    assert demand({"gpus": 0}, two, 4) == ("cpu", 1)  # gpus: 0 trains on a CPU slot
+    assert demand({}, two, 4) == ("gpu", 1)  # the default is one GPU
+    assert demand({"gpus": 1, "device": "cpu"}, two, 4) == ("cpu", 1)
+    assert demand({"gpus": 0, "device": "cuda:1"}, two, 4) == ("gpu", 1)  # cuda needs one
+    assert demand({"gpus": 1}, [], 4) == ("cpu", 1)  # no GPU here: a CPU slot
+    # DDP on CPUs: a slot per process, at most all of them
+    assert demand({"gpus": 3}, [], 4) == ("cpu", 3)
+    assert demand({"gpus": 4}, [], 4) == ("cpu", 4)
+    assert demand({"gpus": 5}, [], 4) == ("cpu", 4)
+    assert demand({"gpus": "2"}, two, 4) == ("gpu", 1)  # not an int: the default
+    assert demand({"gpus": -1}, two, 4) == ("gpu", 1)
+
+
+def test_a_run_fits_with_exactly_the_machines_gpus():
+    from engine.torchfree.slots import SlotError
+    from engine.torchfree.slots.leases import check_fits
+
+    check_fits("gpu", 2, [0, 1])  # all of them: fits
+    check_fits("cpu", 64, [])  # CPU slots are capped by demand(), never refused
+    with pytest.raises(SlotError, match=r"asks for gpus: 3, but this machine has 2 GPUs \(0, 1\)"):
+        check_fits("gpu", 3, [0, 1])
+    with pytest.raises(SlotError, match=r"gpus: 1, but this machine has 0 GPUs"):
+        check_fits("gpu", 1, [])
+
+
+def test_cpu_slots_from_one_up(tmp_path):
+    from engine.torchfree.slots import SlotError
+    from engine.torchfree.slots.devices import CPU_SLOTS_ENV, cpu_slot_count, physical_cores
+
+    assert cpu_slot_count(tmp_path, {CPU_SLOTS_ENV: "1"}) == 1
+    assert cpu_slot_count(tmp_path, {CPU_SLOTS_ENV: " 3 "}) == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(SlotError, match=r"expected a whole number of runs ≥ 1"):
+            cpu_slot_count(tmp_path, {CPU_SLOTS_ENV: bad})
+    assert cpu_slot_count(tmp_path, {}) == max(1, physical_cores() // 2)
+    (tmp_path / "cockpit.yaml").write_text("cpu_slots: 2\n")
+    assert cpu_slot_count(tmp_path, {}) == 2
+    assert cpu_slot_count(tmp_path, {CPU_SLOTS_ENV: "5"}) == 5  # the env wins
+    (tmp_path / "cockpit.yaml").write_text("cpu_slots: 0\n")
+    with pytest.raises(SlotError, match=r"cockpit.yaml: cpu_slots is '0'"):
+        cpu_slot_count(tmp_path, {})
+    (tmp_path / "cockpit.yaml").write_text("cpu_slots: [\n")
+    with pytest.raises(SlotError, match=r"not valid YAML"):
+        cpu_slot_count(tmp_path, {})
+
+
+def test_what_a_waiting_run_is_said_to_wait_for():
+    from engine.torchfree.slots.leases import Ask
+
+    def ask(kind, need):
+        return Ask("r", 0.0, kind, need)
+
+    assert ask("gpu", 1).what() == "1 GPU"
+    assert ask("gpu", 2).what() == "2 GPUs"
+    assert ask("cpu", 1).what() == "a CPU slot"
+    assert ask("cpu", 2).what() == "2 CPU slots"
