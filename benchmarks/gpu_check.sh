@@ -6,6 +6,9 @@
 #   4. the engine's train stage against a hand-written loop that reads .item() every step
 #   5. the app's GPU panel with a real NVML
 #   6. scheduling, kill, DDP and warm forks on the GPU (benchmarks/gpu_check_ablate.sh)
+#   7. the launch floor: the loop against a bare hand-written one (with and without .item()),
+#      readback depth 4 / 8 / 16, NVML's cost per sample; bf16 / fp16 / compile on the device;
+#      the speed stage's data/compute split on a deliberately data-bound preset
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (wheels for the app in .whl/ are installed
 # to /tmp/site when present: the device image has no textual)
 set -u
@@ -27,7 +30,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu --format
 $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 
 step "1+2. sync-free CUDA loop, bug zoo and shipped presets on the GPU"
-timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_engine_units.py tests/test_zoo.py 2>&1 | tail -15
+timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_engine_units.py tests/test_one_loop.py \
+  tests/test_precision.py tests/test_zoo.py 2>&1 | tail -15
 
 step "3. cockpit run presets/quickstart.yaml on the GPU"
 timeout 120 $PY -m cockpit run presets/quickstart.yaml --workspace "$WS"
@@ -60,4 +64,10 @@ timeout 60 $PY benchmarks/gpu_app_check.py "$WS" "$OUT" 2>&1 | tail -45
 
 step "6. scheduling, kill, DDP, forks on the GPU"
 PYTHON=$PY timeout 300 bash benchmarks/gpu_check_ablate.sh
+step "7. the launch floor, precisions and a data-bound split on the GPU"
+timeout 120 $PY benchmarks/launch_floor.py --device cuda --steps 3000 --repeats 3
+timeout 120 $PY -m cockpit run presets/quickstart.yaml --stages speed --set speed.compare_compile=true \
+  --workspace "$WS" | grep -A3 speed
+timeout 90 $PY -m cockpit run tests/zoo/blobs.yaml --stages speed --set data._target_=zoo.blobs_slow \
+  --set data.delay=0.003 --workspace "$WS" | grep speed
 echo "done $(date +%T)"
