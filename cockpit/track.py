@@ -236,6 +236,7 @@ class Run:
         self._data_total = 0.0  # cumulative, read by the telemetry thread
         self._step_total = 0.0
         self._interrupted: str | None = None
+        self._pid = os.getpid()  # a forked child has a copy of this object: it must not write
         self._saved_handlers: dict[int, Any] = {}
         self._saved_excepthook = None
         self._write_start()
@@ -659,6 +660,13 @@ class Run:
         previous = self._saved_handlers.get(signum, signal.SIG_DFL)
         if previous == signal.SIG_IGN:
             return
+        if os.getpid() != self._pid:  # a forked child (a DataLoader worker): not our run
+            if callable(previous):
+                previous(signum, frame)
+                return
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         name = signal.Signals(signum).name
         self._interrupted = {
             "SIGINT": "interrupted (Ctrl-C)",
@@ -676,7 +684,7 @@ class Run:
 
     def _excepthook(self, kind, exc, tb) -> None:
         hook = self._saved_excepthook or sys.__excepthook__
-        for run in list(_active):
+        for run in list(_active) if os.getpid() == self._pid else ():
             if issubclass(kind, KeyboardInterrupt):
                 run._close("killed", run._interrupted or "interrupted (Ctrl-C)")
             else:
@@ -684,7 +692,7 @@ class Run:
         hook(kind, exc, tb)
 
     def _at_exit(self) -> None:
-        if not self._closed:
+        if not self._closed and os.getpid() == self._pid:
             if self._interrupted:
                 self._close("killed", self._interrupted)
             else:
@@ -695,6 +703,17 @@ def _row_format(names: tuple) -> str:
     """A %-template of one per-step metrics line of evals.jsonl for these names."""
     body = "".join("," + json.dumps(str(k)).replace("%", "%%") + ":%s" for k in names)
     return '{"step":%d,"time":%.3f,"stage":"' + STAGE + '","kind":"step"' + body + "}"
+
+
+def _forget_runs_in_child() -> None:
+    """After fork (DataLoader workers): the child's copies of the runs write nothing."""
+    for run in _active:
+        run._closed = True
+    _active.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_runs_in_child)
 
 
 def _mean(values) -> float | None:

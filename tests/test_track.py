@@ -553,3 +553,38 @@ def test_the_ladder_from_python_checks_its_keywords_as_a_preset() -> None:
     train, val = _digits_sets(100)
     with pytest.raises(PresetError, match=r"stepz.*steps"):
         ladder(nn.Linear(64, 10), train, val, overfit_one={"stepz": 3})
+
+
+def test_a_forked_child_such_as_a_dataloader_worker_writes_nothing(workspace: Path) -> None:
+    """DataLoader workers are forked from the script with the run in their memory: their
+    copy must not write rows twice, end the run, or outlive a SIGTERM."""
+    import cockpit.track as track
+
+    run = track.start(name="fork", workspace=workspace)
+    run.log(1, train_loss=1.0)  # still in the buffer when the child is forked
+    pid = os.fork()
+    if pid == 0:  # the child: everything here must be a no-op for the run
+        try:
+            run.log(2, train_loss=2.0)
+            run.finish("failed", "from the child")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(ready_w, b"x")  # (a signal in the instant after fork is lost by CPython itself)
+        time.sleep(30)  # killed below; our handler must let SIGTERM kill it
+        os._exit(3)
+    os.read(ready_r, 1)
+    os.close(ready_r)
+    os.close(ready_w)
+    os.kill(child, signal.SIGTERM)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert RunFolder(run.path).summary()["status"] == "running"
+    run.finish()
+    folder = RunFolder(run.path)
+    assert list(folder.steps()["step"]) == [1]
+    assert folder.summary()["status"] == "passed"
+    assert [e["event"] for e in folder.events()].count("run_end") == 1
