@@ -162,7 +162,7 @@ class Runner:
     def ladder(self, preset: Preset) -> int:
         import torch  # noqa: F401 - the first heavy import, after the slot is ours
 
-        from engine.context import RunContext, UserCodeError
+        from engine.context import RunContext, UserCodeError, resolve_device
         from engine.distributed.common import world_size
 
         names = list(self.request.get("stages") or preset.stages())
@@ -170,7 +170,13 @@ class Runner:
             names.append("multi_gpu")  # gpus > 1: the ladder ends by checking DDP itself
         self.save(stages=[], stage_names=names)
         try:
-            ctx = RunContext(preset, self.folder, names, self.request, stop=self.stop)
+            warm = None  # a warm fork's checkpoint: fixed for the run, like the data
+            if self.request.get("warm_from"):
+                from engine import checkpoint
+
+                device = resolve_device(preset.get("device"))
+                warm = checkpoint.load(self.request["warm_from"], device)
+            ctx = RunContext(preset, self.folder, names, self.request, stop=self.stop, warm=warm)
         except UserCodeError as e:
             self.event("error", kind="data", message=str(e))
             return self.finish(RunStatus.FAILED, f"building the data failed: {e}")
@@ -195,11 +201,6 @@ class Runner:
             train_size=len(ctx.data.train),
             val_size=len(ctx.data.val),
         )
-        warm = self.request.get("warm_from")
-        if warm:
-            from engine import checkpoint
-
-            ctx.warm = checkpoint.load(warm, ctx.device)  # before any stage: fixed for the run
         from engine.telemetry import TelemetrySampler
 
         sampler = TelemetrySampler(self.folder.file("telemetry.jsonl"), ctx.meter, ctx.device)
