@@ -12,7 +12,10 @@ import math
 
 import torch
 
+from engine.diagnosis import contracts
+from engine.metrics import collect_targets
 from engine.stages.base import Check, fmt
+from engine.stages.common import reader_kwargs
 
 
 def unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -68,28 +71,35 @@ def check_splits(xt: torch.Tensor, xv: torch.Tensor, settings) -> Check:
     train_look = _looks(mt, st, lo_t, hi_t)
     val_look = _looks(mv, sv, lo_v, hi_v)
     n = len(mt)
-    per = f"per {unit}" if n > 1 else ""
+    tiny = 1e-4 * max(st_all, sv_all)  # a normalised mean of 5e-8 reads as 0
+
+    def num(v: float) -> str:
+        return fmt(0.0 if abs(v) < tiny else v)
+
     numbers = (
-        f"mean {fmt(float(mv.mean()))} vs {fmt(float(mt.mean()))}, spread {fmt(sv_all)} vs "
-        f"{fmt(st_all)} ({scale:.2g}× train's), values {fmt(lo_v)}..{fmt(hi_v)} vs "
-        f"{fmt(lo_t)}..{fmt(hi_t)}"
+        f"mean {num(float(mv.mean()))} vs {num(float(mt.mean()))}, spread {fmt(sv_all)} vs "
+        f"{fmt(st_all)} ({scale:.2g}× train's), values {num(lo_v)}..{num(hi_v)} vs "
+        f"{num(lo_t)}..{num(hi_t)}"
     )
     if n > 1:
-        numbers += f"; {unit} {worst} is off most ({fmt(float(shift[worst]))} train spreads)"
+        numbers = (
+            f"per {unit}: {numbers}; {unit} {worst} is off most "
+            f"({fmt(float(shift[worst]))} train spreads)"
+        )
     if train_look and val_look != train_look:
         who = (
-            f"val inputs are on another scale than train ({per} {numbers}): train looks "
+            f"val inputs are on another scale than train ({numbers}): train looks "
             f"{train_look}, val {'looks ' + val_look if val_look else 'does not'} — build val with "
             "the same preprocessing as train (the same normalisation, with the train statistics)"
         )
     elif val_look and train_look != val_look:
         who = (
-            f"train inputs are on another scale than val ({per} {numbers}): val looks {val_look}, "
+            f"train inputs are on another scale than val ({numbers}): val looks {val_look}, "
             "train does not — build train with the same preprocessing as val"
         )
     else:
         who = (
-            f"train and val inputs differ ({per} {numbers}): the splits come from different "
+            f"train and val inputs differ ({numbers}): the splits come from different "
             "sources or preprocessing — normalise both with the train statistics"
         )
     return Check("train_val_inputs", "fail" if gross else "warn", who)
@@ -128,3 +138,48 @@ def check_scale(xt: torch.Tensor, settings) -> Check:
                 "feature with the train statistics (sklearn's StandardScaler fitted on train)",
             )
     return Check("input_scale", "pass", f"inputs near normalised (mean {fmt(m)}, spread {fmt(s)})")
+
+
+def check_balance(ctx, task: str, classes: int, metrics: dict, settings) -> Check:
+    """Class counts over the train targets (pixels for segmentation), with the weights to use."""
+    limit = settings.overlap_samples if task == "classification" else settings.samples
+    ys = collect_targets(ctx.data.train, limit=limit, loader_kwargs=reader_kwargs(ctx))
+    binary = ys.is_floating_point() and contracts.loss_name(ctx.loss_fn) in contracts.BINARY_LOSSES
+    if binary:  # one logit per label: count positives and negatives
+        classes = 2
+        counts = torch.bincount((ys.reshape(-1) > 0.5).long(), minlength=2).double()
+    elif ys.is_floating_point() and ys.ndim >= 2:  # class probabilities: expected counts
+        counts = ys.double().reshape(len(ys), ys.shape[1], -1).sum((0, 2))
+    else:
+        counts = torch.bincount(
+            ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes
+        ).double()
+    seen = counts[counts > 0]
+    ratio = float(seen.max() / seen.min()) if len(seen) else 1.0
+    metrics["imbalance_ratio"] = ratio
+    missing = [i for i in range(classes) if counts[i] == 0]
+    unit = "samples" if task == "classification" else "pixels"
+    limit = settings.imbalance_ratio if task == "classification" else settings.pixel_imbalance_ratio
+    if ratio <= limit and not missing:
+        return Check(
+            "class_balance", "pass", f"{classes} classes, the largest {ratio:.1f}× the smallest"
+        )
+    weights = counts.sum() / (classes * counts.clamp(min=1))
+    weights = weights / weights[counts > 0].mean()
+    w = "[" + ", ".join(f"{v:.2f}" for v in weights.tolist()) + "]"
+    share = counts / counts.sum()
+    lo_c = int(torch.where(counts > 0, share, torch.full_like(share, 2)).argmin())
+    hi_c = int(share.argmax())
+    detail = (
+        f"classes are imbalanced: class {hi_c} has {100 * share[hi_c]:.1f}% of {unit}, class {lo_c} "
+        f"{100 * share[lo_c]:.1f}% ({ratio:.1f}×)"
+    )
+    if missing:
+        detail += f"; class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))} never appear"
+    if binary:
+        detail += f"; weigh the positives: BCEWithLogitsLoss(pos_weight={float(counts[0] / counts[1].clamp(min=1)):.2f})"
+    else:
+        detail += (
+            f"; suggested loss weights: loss: {{_target_: torch.nn.CrossEntropyLoss, weight: {w}}}"
+        )
+    return Check("class_balance", "warn", detail)

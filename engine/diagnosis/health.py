@@ -73,7 +73,7 @@ def check_frozen(model: nn.Module, settings) -> Check:
         )
     trainable = _names(coarsest(model, {id(p) for p in params if p.requires_grad}))
     detail = (
-        f"{_pct(share)}% of the parameters ({_human(n_frozen)} of {_human(total)}) are frozen "
+        f"{_pct(share)}% of the parameters ({n_frozen:,} of {total:,}) are frozen "
         f"(requires_grad=False): {where}; only {trainable} train"
     )
     if share < settings.frozen_share:
@@ -118,7 +118,7 @@ def check_optimizer(model: nn.Module, optimizer) -> Check:
         "optimizer_coverage",
         "fail",
         f"the optimizer ({opt}) leaves out {_pct(n_missing / max(n_all, 1))}% of the trainable "
-        f"parameters ({_human(n_missing)} of {_human(n_all)}): {_names(coarsest(model, {id(p) for p in missing}))} "
+        f"parameters ({n_missing:,} of {n_all:,}): {_names(coarsest(model, {id(p) for p in missing}))} "
         "get gradients but never change — build it on model.parameters() (or set "
         "requires_grad=False on what you mean to freeze)",
     )

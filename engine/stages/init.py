@@ -4,7 +4,12 @@ Checks (each a pass / warn / fail with a sentence): data format, finite inputs, 
 identical, targets inside the model's output range (and output/target shapes for regression),
 val read twice gives the same thing (no augmentation on val), train/val overlap, class
 imbalance with suggested weights, parameter count, regularizers and tricks switched on, loss
-at init against its expected value, parameters that never receive a gradient.
+at init against its expected value, parameters that never receive a gradient — and, from
+engine/diagnosis/: train vs val input statistics and raw input scale, a model that returns no
+tensor, randomness in eval mode, the output's form against the loss (softmax before
+CrossEntropyLoss, sigmoid before BCEWithLogitsLoss, ReLU on a regression output, with the floor
+each puts under the loss), frozen parameters, parameters the optimizer never sees, and dead or
+saturated activations. docs/diagnosis-init.md describes each.
 """
 
 from __future__ import annotations
@@ -17,10 +22,8 @@ from torch import nn
 from engine.context import RunContext, UserCodeError
 from engine.diagnosis import contracts, datastats, health, randomness
 from engine.loop import move
-from engine.metrics import collect_targets
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
 from engine.stages.common import collate, reader_kwargs, regularizers
-
 
 _ADVICE = {"tricks_off", "parameters", "class_balance"}
 
@@ -53,6 +56,10 @@ class InitStage(Stage):
 
     def run(self, ctx: RunContext) -> Verdict:
         s = self.settings
+        if ctx.custom is not None:  # a custom training step: the checks that apply to it
+            from engine import custom_step
+
+            return custom_step.init_stage(ctx, s)
         task = ctx.task
         checks: list[Check] = []
         metrics: dict[str, float] = {
@@ -89,8 +96,9 @@ class InitStage(Stage):
         if any(c.status == "fail" for c in checks):  # the checks below would only crash on it
             return from_checks(checks, metrics, "")
         checks.append(contracts.check_contract(task, ctx.loss_fn, out, probe_y))
+        out = out.detach()  # the graph was kept only to read the output's last operation
         if task != "regression" and (classes or out.ndim == 1):
-            checks.append(self.check_balance(ctx, task, classes or 1, metrics))
+            checks.append(datastats.check_balance(ctx, task, classes or 1, metrics, s))
         checks.append(
             Check(
                 "parameters",
@@ -124,7 +132,10 @@ class InitStage(Stage):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             return []
         idx = _sample_indices(len(ctx.data.val), self.settings.val_samples, ctx.seed + 3)
-        xv, _ = collate(ctx.data.val, idx, "val")
+        try:
+            xv, _ = collate(ctx.data.val, idx, "val")
+        except UserCodeError:  # val inputs of varying size: nothing to compare unit by unit
+            return [Check("train_val_inputs", "skip", "val inputs do not stack into one batch")]
         if not isinstance(xv, torch.Tensor):
             return []
         return [
@@ -268,53 +279,6 @@ class InitStage(Stage):
         return Check(
             "target_range", "pass", f"targets {lo}..{hi} fit the model's {classes} outputs"
         )
-
-    def check_balance(self, ctx: RunContext, task: str, classes: int, metrics: dict) -> Check:
-        limit = self.settings.overlap_samples if task == "classification" else self.settings.samples
-        ys = collect_targets(ctx.data.train, limit=limit, loader_kwargs=reader_kwargs(ctx))
-        binary = (
-            ys.is_floating_point() and contracts.loss_name(ctx.loss_fn) in contracts.BINARY_LOSSES
-        )
-        if binary:  # one logit per label: count positives and negatives
-            classes = 2
-            counts = torch.bincount((ys.reshape(-1) > 0.5).long(), minlength=2).double()
-        elif ys.is_floating_point() and ys.ndim >= 2:  # class probabilities: expected counts
-            counts = ys.double().reshape(len(ys), ys.shape[1], -1).sum((0, 2))
-        else:
-            counts = torch.bincount(
-                ys.reshape(-1).long().clamp(0, classes - 1), minlength=classes
-            ).double()
-        seen = counts[counts > 0]
-        ratio = float(seen.max() / seen.min()) if len(seen) else 1.0
-        metrics["imbalance_ratio"] = ratio
-        missing = [i for i in range(classes) if counts[i] == 0]
-        unit = "samples" if task == "classification" else "pixels"
-        limit = (
-            self.settings.imbalance_ratio
-            if task == "classification"
-            else self.settings.pixel_imbalance_ratio
-        )
-        if ratio <= limit and not missing:
-            return Check(
-                "class_balance", "pass", f"{classes} classes, the largest {ratio:.1f}× the smallest"
-            )
-        weights = counts.sum() / (classes * counts.clamp(min=1))
-        weights = weights / weights[counts > 0].mean()
-        w = "[" + ", ".join(f"{v:.2f}" for v in weights.tolist()) + "]"
-        share = counts / counts.sum()
-        lo_c = int(torch.where(counts > 0, share, torch.full_like(share, 2)).argmin())
-        hi_c = int(share.argmax())
-        detail = (
-            f"classes are imbalanced: class {hi_c} has {100 * share[hi_c]:.1f}% of {unit}, class {lo_c} "
-            f"{100 * share[lo_c]:.1f}% ({ratio:.1f}×)"
-        )
-        if missing:
-            detail += f"; class{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing[:5]))} never appear"
-        if binary:
-            detail += f"; weigh the positives: BCEWithLogitsLoss(pos_weight={float(counts[0] / counts[1].clamp(min=1)):.2f})"
-        else:
-            detail += f"; suggested loss weights: loss: {{_target_: torch.nn.CrossEntropyLoss, weight: {w}}}"
-        return Check("class_balance", "warn", detail)
 
     # ---- model -------------------------------------------------------------------
     def check_tricks(self, ctx: RunContext, model: nn.Module, optimizer) -> Check:
