@@ -387,3 +387,43 @@ def test_accuracy_and_baseline_for_one_logit_and_soft_labels():
     assert b["accuracy"] == pytest.approx(max(float(y.mean()), 1 - float(y.mean())))
     soft = torch.softmax(torch.randn(64, 5), 1)
     assert baseline(soft, soft.argmax(1), "classification", 5)["accuracy"] > 0
+
+
+def test_batch_independence_names_a_non_tensor_output(workspace):
+    code, summary, _ = run_inprocess(
+        BASE, workspace, overrides={"model": _m("Inception")}, stages=["batch_independence"]
+    )
+    bi = stage(summary, "batch_independence")
+    assert code == 1 and bi["status"] == "fail"
+    assert "returns a tuple of 2" in bi["reason"] and "return only the main output" in bi["reason"]
+
+
+def test_non_tensor_outputs_are_described():
+    import torch
+
+    from engine.diagnosis.contracts import describe_non_tensor
+
+    class Output(dict):  # what transformers' ModelOutput looks like from outside
+        @property
+        def logits(self):
+            return self["logits"]
+
+    hf = describe_non_tensor(Output(logits=torch.zeros(2, 3), hidden_states=None), "classification")
+    assert "return outputs.logits" in hf
+    d = describe_non_tensor({"out": torch.zeros(2, 3)}, "segmentation")
+    assert "dict" in d and "tensor (2, 3)" in d and "(batch, classes, H, W)" in d
+    assert describe_non_tensor(torch.zeros(2), "regression") is None
+
+
+def test_unscaled_tabular_features_are_named():
+    import torch
+
+    from engine.diagnosis.datastats import check_scale
+    from engine.torchfree.ladder import InitSettings
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=g) * torch.tensor([5.0, 1.0, 0.001])
+    c = check_scale(x, InitSettings())
+    assert c.status == "warn" and "orders of magnitude" in c.detail
+    assert "feature 0" in c.detail and "feature 2" in c.detail
+    assert check_scale(torch.randn(256, 3, generator=g), InitSettings()).status == "pass"
