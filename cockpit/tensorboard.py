@@ -852,6 +852,8 @@ class MirroredRun:
         if not self._take():
             return
         files = event_files(self.source)
+        if self._rewritten(files):
+            self._start_over()
         new_rows: list[tuple] = []
         new_evals: list[dict] = []
         texts: list[tuple] = []
@@ -886,6 +888,35 @@ class MirroredRun:
 
             write_json_atomic(self.folder_path / "tb_state.json", self.state)
         self._write_meta(files, texts)
+
+    def _rewritten(self, files: list[Path]) -> bool:
+        """An event file shorter than what was read of it (rewritten, e.g. by a new export)."""
+        names = {p.name for p in files}
+        for name, tail in self.tails.items():
+            try:
+                if tail.offset > os.path.getsize(self.source / name):
+                    return True
+            except FileNotFoundError:
+                if name not in names and tail.offset:
+                    return True
+        return False
+
+    def _start_over(self) -> None:
+        """Read the run again from the start: empty files, no offsets, no stages."""
+        self._steps_out.close()
+        self._evals_out.close()
+        for name in ("steps.bin", "evals.jsonl"):
+            with open(self.folder_path / name, "wb"):
+                pass
+        self.tails = {}
+        self.stage_names = []
+        self._classes = {}
+        self.row = self.metrics_row = None
+        self.state = {"source": str(self.source)}
+        from engine.torchfree.runfolder import JsonlAppender, StepsAppender
+
+        self._steps_out = StepsAppender(self.folder_path / "steps.bin")
+        self._evals_out = JsonlAppender(self.folder_path / "evals.jsonl")
 
     def _fold(self, scalars: Scalars, rows: list, evals: list) -> None:
         """Points in file order to steps.bin rows (one per stage and step) and metric rows."""

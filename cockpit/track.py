@@ -105,7 +105,12 @@ def start(
     """Create a run folder in ``workspace`` (None: ``$COCKPIT_WORKSPACE``, else ``./runs``) and
     start recording. Works as a context manager: ``with track.start(...) as run:``."""
     if name is None:
-        name = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "script"
+        if "ipykernel" in sys.modules:
+            name = "notebook"
+        else:
+            name = (
+                Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else "script"
+            )
     if config is not None and not isinstance(config, dict):
         raise TrackError(
             f"cockpit.track.start: config must be a dict of settings, got {type(config).__name__}"

@@ -307,6 +307,27 @@ def test_cockpit_export_opens_in_tensorboard_with_every_step(
     assert "name: quick" in mirror.preset_text()
 
 
+def test_a_rewritten_log_is_mirrored_again_not_appended(tmp_path: Path, workspace: Path) -> None:
+    """Exporting a run again rewrites its event file from the start: the mirror starts over."""
+    folder = _two_stage_run(workspace)
+    out_dir = tmp_path / "tb"
+    assert (
+        cockpit(
+            "export", folder.run_id, "--tensorboard", str(out_dir), workspace=workspace
+        ).returncode
+        == 0
+    )
+    source = tb.TensorBoardDir(out_dir)
+    (path,) = source.sync().values()
+    assert len(RunFolder(path).steps()) == 450
+    with tb.EventWriter(
+        out_dir / folder.run_id, filename=tb.event_files(out_dir / folder.run_id)[0].name
+    ) as w:
+        w.scalar("generalize/train_loss", 0.5, 1, 10.0)  # a shorter file under the same name
+    source.sync()
+    assert list(RunFolder(path).steps()["train_loss"]) == [0.5]
+
+
 @pytest.mark.slow
 def test_export_live_follows_a_tracked_script_to_its_end(tmp_path: Path, workspace: Path) -> None:
     script = tmp_path / "slow.py"
