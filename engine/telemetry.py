@@ -68,7 +68,11 @@ class TelemetrySampler(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            self.sample()
+            try:
+                self.sample()
+            except OSError as e:  # a full disk: the run records why; telemetry just stops
+                print(f"telemetry stopped: {e.strerror or e} on {e.filename or 'telemetry.jsonl'}")
+                return
 
     def sample(self) -> None:
         wait, total, steps = self.meter.take()
