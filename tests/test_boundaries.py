@@ -436,3 +436,55 @@ def test_what_a_waiting_run_is_said_to_wait_for():
     assert ask("gpu", 2).what() == "2 GPUs"
     assert ask("cpu", 1).what() == "a CPU slot"
     assert ask("cpu", 2).what() == "2 CPU slots"
+
+
+def test_a_bad_prune_section_is_named_by_its_line_or_its_override(tmp_path):
+    from engine.torchfree import preset as presets
+    from engine.torchfree.preset import PresetError
+    from engine.torchfree.pruning import settings_of
+
+    text = BLOBS.read_text()
+    path = tmp_path / "p.yaml"
+    n = len(text.splitlines())
+    path.write_text(text + "prune:\n  rule: median\n  metric: miou\n")
+    with pytest.raises(PresetError) as e:
+        settings_of(presets.load(path))
+    assert str(e.value).startswith(f"{path}, line {n + 3}: prune.metric 'miou'")
+    path.write_text(text + "prune:\n  rule: medain\n")
+    with pytest.raises(PresetError) as e:
+        settings_of(presets.load(path))
+    assert str(e.value).startswith(f"{path}, line {n + 2}: prune.rule must be median or none")
+    with pytest.raises(PresetError) as e:
+        settings_of(presets.load(BLOBS, {"prune.rule": "medain"}))
+    assert str(e.value).startswith(f"{BLOBS} (--set prune.rule=medain): prune.rule")
+
+
+def test_a_folder_without_run_json_does_not_hide_the_peers_after_it(workspace, monkeypatch):
+    """The workspace is scanned in whatever order the file system gives: a run folder still
+    being created (no run.json yet) must not end the scan."""
+    import os
+
+    from engine.torchfree import pruning
+    from engine.torchfree.pruning import GroupPeers
+
+    _peers(workspace, {"a": {10: 0.5}, "b": {10: 0.7}})
+    (workspace / "0-being-created").mkdir()
+    real = os.scandir
+
+    def in_name_order(path):
+        with real(path) as it:
+            return sorted(it, key=lambda e: e.name)
+
+    monkeypatch.setattr(pruning.os, "scandir", in_name_order)
+    peers = GroupPeers(workspace, "g", "me")
+    peers.refresh()
+    assert sorted(peers.values_at(10, "val_loss")) == [0.5, 0.7]
+
+
+def test_an_evaluation_without_the_metric_or_with_nan_is_not_judged(workspace):
+    _peers(workspace, {"a": {10: 0.5, 20: 0.5}, "b": {10: 0.7, 20: 0.7}})
+    decisions: list = []
+    _s, p = _pruner(workspace, decisions, warmup_steps=10, every=10, min_peers=2)
+    p(10, {"accuracy": 0.9})  # no val_loss in this evaluation: nothing to judge by
+    p(20, {"val_loss": math.nan})  # a diverged evaluation is not a value
+    assert decisions == [] and p.history == {}
