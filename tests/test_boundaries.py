@@ -488,3 +488,43 @@ def test_an_evaluation_without_the_metric_or_with_nan_is_not_judged(workspace):
     p(10, {"accuracy": 0.9})  # no val_loss in this evaluation: nothing to judge by
     p(20, {"val_loss": math.nan})  # a diverged evaluation is not a value
     assert decisions == [] and p.history == {}
+
+
+def test_one_peer_is_a_quorum_when_min_peers_is_one(workspace):
+    _peers(workspace, {"a": {10: 0.5}})
+    decisions: list = []
+    _s, p = _pruner(workspace, decisions, warmup_steps=10, every=10, min_peers=1)
+    p(10, {"val_loss": 0.6})
+    (d,) = decisions
+    assert (d.peers, d.median) == (1, 0.5)
+
+
+def test_the_best_accuracy_so_far_is_the_highest(workspace):
+    _peers(workspace, {"a": {10: 0.5, 20: 0.5}, "b": {10: 0.7, 20: 0.7}})  # accuracy .5/.3
+    decisions: list = []
+    _s, p = _pruner(workspace, decisions, metric="accuracy", warmup_steps=10, every=10, min_peers=2)
+    p(10, {"accuracy": 0.6})  # ahead of the median 0.4
+    p(20, {"accuracy": 0.2})  # behind now, but its best (0.6) is still ahead
+    assert decisions == []
+
+
+def test_a_run_is_never_its_own_peer(workspace):
+    import types
+
+    from engine.torchfree import preset as presets
+    from engine.torchfree.pruning import attach
+
+    # the run itself, in the group, with a far better value than its one peer
+    _peers(workspace, {"me": {1: 0.0}, "a": {1: 0.5}})
+    requests: list = []
+    c = types.SimpleNamespace(
+        preset=presets.load(
+            BLOBS, {"prune": {"rule": "median", "warmup_steps": 1, "every": 1, "min_peers": 2}}
+        ),
+        folder=types.SimpleNamespace(path=workspace / "me", run_id="me"),
+        eval_listeners=[],
+        stop=types.SimpleNamespace(request=lambda **kw: requests.append(kw)),
+    )
+    p = attach(c, {"group": "g"})
+    p(1, {"val_loss": 0.9})  # one peer only (itself does not count): no quorum of 2
+    assert requests == []
