@@ -472,10 +472,60 @@ def _bulk(buf, pos: int, found: list[tuple], out: Scalars, tag_cache: dict) -> i
         if raw not in tag_cache:
             tag_cache[raw] = raw.decode("utf-8", "replace")
     out.tags.extend(map(tag_cache.__getitem__, tags))
-    steps = {sb: _step_field(sb) for sb in set(stepbs)}
-    out.steps.extend(map(steps.__getitem__, stepbs))
+    out.steps.extend(_steps_of(stepbs))
     _flush_fast(out, list(map(_g1, found)), list(map(_g4, found)))
     return total
+
+
+def _lanes(k: int, byte: int) -> int:
+    return int.from_bytes(bytes((byte,)) * k, "little")
+
+
+_LOW7 = bytes(i & 0x7F for i in range(256))
+
+
+def _steps_of(stepbs: list[bytes]) -> array:
+    """The steps of a run of records' step fields (b'' or 0x10 + varint), as int64.
+
+    Where every field has the same length (steps within [0, 2**21): all but the few windows
+    that cross 128, 16384 or 2**21), the varints are decoded all at once: the i-th bytes of
+    all fields side by side as one big integer per byte position, bits moved between
+    positions with shifts and per-byte masks, the result's bytes interleaved back."""
+    k = len(stepbs)
+    lens = bytes(map(len, stepbs))
+    width = lens[0] if k else 0
+    if k and lens.count(width) == k and width in (0, 2, 3, 4):
+        if width == 0:
+            return array("q", [0]) * k
+        joined = b"".join(stepbs)
+        if width == 2:  # one varint byte: the value itself
+            return array("q", array("B", joined[1::2]))
+        a = int.from_bytes(joined[1::width].translate(_LOW7), "little")
+        b = int.from_bytes(
+            joined[2::width].translate(_LOW7 if width == 4 else bytes(range(256))), "little"
+        )
+        ones, low6 = _lanes(k, 0x01), _lanes(k, 0x3F)
+        if width == 3:  # a | b << 7: two output bytes
+            lo = a | ((b & ones) << 7)
+            hi = (b >> 1) & _lanes(k, 0x7F)
+            parts = (lo, hi)
+        else:  # a | b << 7 | c << 14: three output bytes
+            c = int.from_bytes(joined[3::4], "little")
+            lo = a | ((b & ones) << 7)
+            mid = ((b >> 1) & low6) | ((c & _lanes(k, 0x03)) << 6)
+            hi = (c >> 2) & _lanes(k, 0x1F)
+            parts = (lo, mid, hi)
+        out = bytearray(4 * k)
+        for i, lane in enumerate(parts):
+            out[i::4] = lane.to_bytes(k, "little")
+        values = array("i")
+        values.frombytes(bytes(out))
+        return array("q", values)
+    unique = set(stepbs)
+    if len(unique) * 2 < k:
+        table = {sb: _step_field(sb) for sb in unique}
+        return array("q", map(table.__getitem__, stepbs))
+    return array("q", map(_step_field, stepbs))
 
 
 def _step_field(sb: bytes) -> int:

@@ -145,6 +145,16 @@ def test_a_corrupt_record_is_reported_once_not_raised(tmp_path: Path) -> None:
     assert len(tail.read_new()) == 0  # and no exception on the next call either
 
 
+@pytest.mark.parametrize("lo, hi", [(0, 0), (1, 127), (128, 16383), (16384, 2**21 - 1), (0, 2**40)])
+def test_step_fields_decode_in_bulk_as_one_by_one(lo: int, hi: int) -> None:
+    import random
+
+    rng = random.Random(lo)
+    steps = [rng.randint(lo, hi) for _ in range(3000)]
+    fields = [b"" if n == 0 else b"\x10" + tb._varint(n) for n in steps]
+    assert list(tb._steps_of(fields)) == steps
+
+
 def test_tags_become_columns_or_metrics() -> None:
     assert tb.classify("Loss/train") == ("step", "train", "train_loss")
     assert tb.classify("train/loss") == ("step", "train", "train_loss")  # HF Trainer
