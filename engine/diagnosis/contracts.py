@@ -148,7 +148,7 @@ class OutputForm:
 
 
 def output_form(out: torch.Tensor) -> OutputForm:
-    o = out.detach().double()
+    o = out.detach().cpu().double()  # a probe batch: small; float64 for exact row sums
     lo, hi = float(o.min()), float(o.max())
     probs = logp = False
     if o.ndim >= 2 and o.shape[1] >= 2:
@@ -314,7 +314,7 @@ def check_contract(task: str, loss_fn: nn.Module, out: torch.Tensor, y: torch.Te
     )
     if name == "BCEWithLogitsLoss" and sigmoid_like:
         what = ends or f"the outputs all lie in ({fmt(form.lo)}, {fmt(form.hi)}) like probabilities"
-        best = y.detach().double().clamp(1e-6, 1 - 1e-6)
+        best = y.detach().float().clamp(1e-6, 1 - 1e-6)
         s = torch.log(best / (1 - best)).clamp(0, 1).to(out.dtype)
         floor = float(loss_fn(s.reshape(out.shape), y.reshape(out.shape)))
         return Check(

@@ -20,7 +20,7 @@ from engine.stages.common import reader_kwargs
 
 def unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(mean, std) per feature or channel, and what a unit is called."""
-    xx = x.detach().double()
+    xx = x.detach().cpu().double()
     if xx.ndim == 1:
         xx = xx[:, None]
     unit = "feature" if xx.ndim == 2 else "channel"
@@ -29,7 +29,7 @@ def unit_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
 
 
 def _pooled(x: torch.Tensor) -> tuple[float, float, float, float]:
-    xx = x.detach().double()
+    xx = x.detach().cpu().double()
     return float(xx.mean()), float(xx.std(correction=0)), float(xx.min()), float(xx.max())
 
 
