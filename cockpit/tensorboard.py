@@ -1063,8 +1063,10 @@ class MirroredRun:
         if texts or not (folder / "preset.yaml").exists():
             preset = [t for t in texts if t[0] == "preset"]
             lines = [f"# TensorBoard run {self.source}"]
-            if preset:
-                lines.append(preset[-1][3])
+            if preset:  # cockpit export writes it as a markdown code block (indented)
+                import textwrap
+
+                lines.append(textwrap.dedent(preset[-1][3]))
             else:
                 lines += [
                     f"# {tag} (step {step}):\n# " + text.replace("\n", "\n# ")

@@ -314,7 +314,7 @@ def test_cockpit_export_opens_in_tensorboard_with_every_step(
     mirror = RunFolder(next(iter(tb.TensorBoardDir(tmp_path / "tb").sync().values())))
     assert mirror.summary()["stage_names"] == ["overfit_one", "generalize"]
     assert len(mirror.steps()) == 450
-    assert "name: quick" in mirror.preset_text()
+    assert "\nname: quick\nseed: 0\n" in mirror.preset_text()  # the preset as it was
 
 
 def test_a_rewritten_log_is_mirrored_again_not_appended(tmp_path: Path, workspace: Path) -> None:
