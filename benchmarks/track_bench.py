@@ -2,6 +2,7 @@
 
     python benchmarks/track_bench.py            # the whole thing (~1-2 min on 2 cores)
     python benchmarks/track_bench.py --quick    # smaller sizes
+    python benchmarks/track_bench.py --cuda-check   # on a GPU: log() with CUDA tensors, no sync
 
 1. ``run.log(step, ...)`` per call, five values (step, train_loss, val_loss, lr, data_s) and
    the same plus a named metric, against a bare loop making the same values and against
@@ -132,13 +133,65 @@ def bench_read(n_scalars: int, tmp: Path, with_reference: bool) -> dict:
     return out
 
 
+def cuda_check(steps: int, tmp: Path) -> None:
+    """On a CUDA machine: log() with CUDA tensors adds no host sync (sync debug mode 'error')
+    and the values written are the ones .item() gives afterwards."""
+    import torch
+
+    import cockpit.track as track
+    from engine.torchfree.runfolder import RunFolder
+
+    if not torch.cuda.is_available():
+        print("cuda check: skipped (no CUDA device)")
+        return
+    dev = torch.device("cuda")
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    )
+    model.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(512, 256, device=dev)
+    y = torch.randint(0, 10, (512,), device=dev)
+    run = track.start(name="cuda-check", workspace=tmp / "cuda")
+    losses = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    t = time.perf_counter()
+    try:
+        for step in range(1, steps + 1):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+            run.log(step, train_loss=loss, val_loss=loss * 2, lr=0.01, acc=loss / 3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    took = time.perf_counter() - t
+    run.finish()
+    cols = RunFolder(run.path).steps()
+    expected = [v.item() for v in losses]
+    assert list(cols["step"]) == list(range(1, steps + 1))
+    assert all(abs(a - b) < 1e-5 for a, b in zip(cols["train_loss"], expected))
+    tel = RunFolder(run.path).telemetry()
+    print(
+        f"cuda check: {steps} steps logged with CUDA tensors and no host sync, "
+        f"{took / steps * 1e3:.2f} ms/step; values match .item(); telemetry header: {tel[0]}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     ap.add_argument("--steps", type=int, help="log() calls per loop")
     ap.add_argument("--scalars", type=int, help="scalars in the event file")
     ap.add_argument("--no-reference", action="store_true", help="skip EventAccumulator")
+    ap.add_argument("--cuda-check", action="store_true", help="only the CUDA no-sync check")
     args = ap.parse_args()
+    if args.cuda_check:
+        with tempfile.TemporaryDirectory() as d:
+            cuda_check(args.steps or 500, Path(d))
+        return
     steps = args.steps or (50_000 if args.quick else 300_000)
     scalars = args.scalars or (200_000 if args.quick else 1_000_000)
     with tempfile.TemporaryDirectory() as d:
