@@ -179,6 +179,14 @@ CASES = {
         "status": "warn",
         "words": ["the wall-time guard (0.02 s) ended the stage", "says nothing against the model"],
     },
+    # issue 13 again, for generalize: a healthy model with a small budget is still learning
+    "generalize_budget_too_small": {
+        "overrides": {"optimizer.lr": 1e-4, "generalize.steps": 60, "generalize.eval_every": 30},
+        "stages": ["generalize"],
+        "stage": "generalize",
+        "status": "warn",
+        "words": ["the step budget ran out while the loss was still falling", "more steps to beat"],
+    },
 }
 
 HEALTHY = {

@@ -25,6 +25,7 @@ import torch
 from engine.context import RunContext
 from engine.data import move
 from engine.diagnosis.labels import label_test
+from engine.diagnosis.updates import UpdateMonitor, stalled_diagnosis
 from engine.loop import train_loop
 from engine.metrics import baseline, collect_targets, evaluate, scores_from_confusion
 from engine.stages.base import Check, Stage, Verdict, fmt
@@ -63,6 +64,7 @@ class GeneralizeStage(Stage):
             evals.append((step, m))
 
         run_eval(0)
+        monitor = UpdateMonitor(model, optimizer)
         result = train_loop(
             ctx,
             model,
@@ -77,6 +79,7 @@ class GeneralizeStage(Stage):
             every_n=s.eval_every,
         )
         lr = optimizer.param_groups[0]["lr"]
+        report = monitor.report()
         if result.stopped == "nonfinite":
             return Verdict(
                 "fail",
@@ -85,10 +88,12 @@ class GeneralizeStage(Stage):
                 {"steps": result.steps},
             )
         end_step = result.rows[-1].step if result.rows else 0
-        if evals and evals[-1][0] == end_step:
+        logged = bool(evals) and evals[-1][0] == end_step
+        if logged:
             evals.pop()
         final, per_sample = evaluate_samples(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
-        ctx.log_eval(end_step, final)
+        if not logged:
+            ctx.log_eval(end_step, final)
         evals.append((end_step, final))
         start, end = evals[0][1], final
         metric = MAIN_METRIC[ctx.task]
@@ -130,14 +135,16 @@ class GeneralizeStage(Stage):
             if trend.status == "warn":
                 return Verdict("warn", trend.detail, checks, metrics)
             return Verdict("pass", summary, checks, metrics)
-        status, cause = self.explain(ctx, result, lr0, lr, train, evals, base_loss, checks)
+        status, cause = self.explain(ctx, result, lr0, lr, train, evals, base_loss, checks, report)
         reason = f"{cause}: {bad[0].detail}" if cause else bad[0].detail
         if status == "fail" and len(bad) > 1 and not cause:
             reason += f"; {bad[1].detail}"
         return Verdict(status, reason, checks, metrics)
 
     # ---- why val does not beat the baseline ----------------------------------------
-    def explain(self, ctx, result, lr0, lr, train, evals, base_loss, checks) -> tuple[str, str]:
+    def explain(
+        self, ctx, result, lr0, lr, train, evals, base_loss, checks, report
+    ) -> tuple[str, str]:
         """(status, the cause in words) for a stage whose val checks failed."""
         s = self.settings
         first = head_mean(train)
@@ -156,9 +163,12 @@ class GeneralizeStage(Stage):
                 f"{s.steps} steps — the machine is slow or busy, which says nothing against the "
                 f"model; raise generalize.seconds or free the machine"
             )
-        falling = _val_still_falling(result, evals)
+        falling = _still_falling(result, evals, base_loss, lr)
         if falling:
             return "warn", falling
+        stalled = stalled_diagnosis(report, lr0)
+        if stalled:
+            return "fail", f"the model barely learned in {result.steps} steps: {stalled}"
         fell = first - tail_mean(train)
         one = ctx.verdicts.get("overfit_few")
         fits = fell > 0.1 * abs(first) or (one is not None and one.status == "pass")
@@ -239,11 +249,13 @@ class GeneralizeStage(Stage):
                 Check("beats_baseline", "pass", f"val {shown} ({blind}; {ci})"),
                 shown,
             )
+        worse = got + half < ref if HIGHER_IS_BETTER[metric] else got - half > ref
+        relation = "is worse than" if worse else "is within noise of"
         return (
             Check(
                 "beats_baseline",
                 "fail",
-                f"val {metric} {fmt(got)} ± {fmt(half)} is within noise of {fmt(ref)} for {blind} "
+                f"val {metric} {fmt(got)} ± {fmt(half)} {relation} {fmt(ref)} for {blind} "
                 f"({ci}): the model has not learned to use the input",
             ),
             shown,
@@ -288,28 +300,44 @@ def _lr_fell_to_zero(result, lr0: float) -> str | None:
     )
 
 
-def _val_still_falling(result, evals) -> str | None:
-    """A sentence when the val loss was still falling steadily at the end of the budget."""
-    vals = [(r.step, r.val_loss) for r in result.rows if math.isfinite(r.val_loss)]
-    if len(vals) < 30:
+def _still_falling(result, evals, base_loss: float, lr: float) -> str | None:
+    """A sentence when the loss was still falling at the end of the budget: the last full-val
+    evaluation the lowest and at least 1% below the one before, with the train loss falling
+    by more than its noise over the last third."""
+    if len(evals) < 2 or not result.rows:
         return None
-    w = max(20, len(vals) // 3)
-    window = [v for _, v in vals[-w:]]
-    a, b = window[: w // 2], window[w // 2 :]
-    m1, m2 = sum(a) / len(a), sum(b) / len(b)
-
-    def se(xs, m):
-        return math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1) / len(xs))
-
-    drop = m1 - m2
-    if drop <= 2 * math.hypot(se(a, m1), se(b, m2)) or drop < 0.03 * abs(m1):
+    (s1, e1), (s2, e2) = evals[-2], evals[-1]
+    l1, l2 = e1["val_loss"], e2["val_loss"]
+    lowest = min(m["val_loss"] for _, m in evals)
+    train = [r.train_loss for r in result.rows if math.isfinite(r.train_loss)]
+    if not (l2 <= lowest and l1 - l2 > 0.01 * abs(l1) and s2 > s1 and _noisy_fall(train)):
         return None
-    first = evals[0][1]["val_loss"]
+    rate = (l1 - l2) / (s2 - s1)
+    more = ""
+    if math.isfinite(base_loss) and l2 > base_loss:
+        need = (l2 - 0.99 * base_loss) / rate
+        more = f"; at this rate it needs about {need:,.0f} more steps to beat the input-blind loss {fmt(base_loss)}"
+        if need > 10 * result.steps:
+            more += f" — or raise the learning rate (now {lr:g})"
     return (
-        f"the step budget ran out while the val loss was still falling ({fmt(first)} → "
-        f"{fmt(m2)}, down {fmt(drop)} over the last {w // 2} steps): raise generalize.steps "
-        f"(now {result.steps}) and look again"
+        f"the step budget ran out while the loss was still falling: val loss {fmt(l1)} at step "
+        f"{s1} → {fmt(l2)} at step {s2}, the train loss falling too; raise generalize.steps "
+        f"(now {result.steps}){more}"
     )
+
+
+def _noisy_fall(xs: list[float]) -> bool:
+    """Whether a noisy per-batch curve still falls over its last half: a least-squares slope
+    below 0 by more than one standard error."""
+    tail = xs[len(xs) // 2 :]
+    n = len(tail)
+    if n < 10:
+        return False
+    mx, my = (n - 1) / 2, sum(tail) / n
+    sxx = sum((i - mx) ** 2 for i in range(n))
+    slope = sum((i - mx) * (v - my) for i, v in enumerate(tail)) / sxx
+    resid = sum((v - my - slope * (i - mx)) ** 2 for i, v in enumerate(tail)) / max(n - 2, 1)
+    return slope < 0 and -slope > math.sqrt(resid / sxx)
 
 
 @torch.no_grad()
