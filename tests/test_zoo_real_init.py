@@ -92,7 +92,7 @@ CASES = {
         "init",
         "fail",
         "train_val_inputs",
-        "val inputs are on another scale than train",
+        "val inputs are on another scale than train's",
     ),
     "raw_0_255_pixels": (
         {"model": _m("MLP", in_dim=144, outputs=2), "data": _m("raw_pixels")},
@@ -427,3 +427,19 @@ def test_unscaled_tabular_features_are_named():
     assert c.status == "warn" and "orders of magnitude" in c.detail
     assert "feature 0" in c.detail and "feature 2" in c.detail
     assert check_scale(torch.randn(256, 3, generator=g), InitSettings()).status == "pass"
+
+
+def test_a_drifted_val_mean_warns_but_a_different_scale_fails():
+    import torch
+
+    from engine.diagnosis.datastats import check_splits
+    from engine.torchfree.ladder import InitSettings
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(512, 4, generator=g)
+    later = torch.randn(256, 4, generator=g) + 3.5  # a later period: same spread, drifted mean
+    c = check_splits(train, later, InitSettings())
+    assert c.status == "warn" and "shifted from train's" in c.detail and "drifted" in c.detail
+    raw = 80 * torch.rand(256, 4, generator=g) + 100  # same data, never normalised
+    assert check_splits(train, raw, InitSettings()).status == "fail"
+    assert check_splits(train, torch.randn(256, 4, generator=g), InitSettings()).status == "pass"

@@ -67,9 +67,13 @@ def check_splits(xt: torch.Tensor, xv: torch.Tensor, settings) -> Check:
             f"val inputs match train per {unit} (spread ratio {scale:.2f}, median mean shift "
             f"{shift_med:.2f} train spreads)",
         )
-    gross = big >= settings.split_scale_fail or shift_med >= settings.split_shift_fail
     train_look = _looks(mt, st, lo_t, hi_t)
     val_look = _looks(mv, sv, lo_v, hi_v)
+    # a shifted mean alone can be a real drift (a later period as val): it fails only when
+    # the spreads differ too
+    gross = big >= settings.split_scale_fail or (
+        shift_med >= settings.split_shift_fail and big >= settings.split_scale_warn
+    )
     n = len(mt)
     tiny = 1e-4 * max(st_all, sv_all)  # a normalised mean of 5e-8 reads as 0
 
@@ -86,22 +90,26 @@ def check_splits(xt: torch.Tensor, xv: torch.Tensor, settings) -> Check:
             f"per {unit}: {numbers}; {unit} {worst} is off most "
             f"({fmt(float(shift[worst]))} train spreads)"
         )
+    rescaled = big >= settings.split_scale_warn
+    off = "on another scale than" if rescaled else "shifted from"
     if train_look and val_look != train_look:
         who = (
-            f"val inputs are on another scale than train ({numbers}): train looks "
-            f"{train_look}, val {'looks ' + val_look if val_look else 'does not'} — build val with "
-            "the same preprocessing as train (the same normalisation, with the train statistics)"
+            f"val inputs are {off} train's ({numbers}): train looks {train_look}, val "
+            f"{'looks ' + val_look if val_look else 'does not'} — build val with the same "
+            "preprocessing as train (the same normalisation, with the train statistics)"
         )
     elif val_look and train_look != val_look:
         who = (
-            f"train inputs are on another scale than val ({numbers}): val looks {val_look}, "
-            "train does not — build train with the same preprocessing as val"
+            f"train inputs are {off} val's ({numbers}): val looks {val_look}, train does "
+            "not — build train with the same preprocessing as val"
         )
     else:
         who = (
             f"train and val inputs differ ({numbers}): the splits come from different "
             "sources or preprocessing — normalise both with the train statistics"
         )
+    if not rescaled:
+        who += " (or val drifted from train: a later period, another site)"
     return Check("train_val_inputs", "fail" if gross else "warn", who)
 
 
@@ -123,7 +131,8 @@ def check_scale(xt: torch.Tensor, settings) -> Check:
             "warn",
             f"train inputs are far from normalised: values {fmt(lo)}..{fmt(hi)}, mean {fmt(m)}, "
             f"spread {fmt(s)} ({hint} each {unit} to mean 0, spread 1 with the train statistics): "
-            "large inputs saturate activations and need a tiny learning rate",
+            "large inputs saturate activations and need a tiny learning rate (ignore this if "
+            "the model normalises its input itself)",
         )
     live = std[std > 1e-8]
     if unit == "feature" and len(live) >= 2:
