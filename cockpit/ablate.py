@@ -496,3 +496,48 @@ def format_tricks_table(rows: list[dict]) -> str:
         if r["status"] not in ("passed",) and r["reason"]
     ]
     return "\n".join(out)
+
+
+_TRICK_INFO: dict[str, tuple[str | None, int | None]] = {}
+
+
+def _trick_info(path: Path) -> tuple[str | None, int | None]:
+    """(trick name, val set size) of a run folder, read once it is known (cached)."""
+    key = str(path)
+    if key in _TRICK_INFO:
+        return _TRICK_INFO[key]
+    folder = RunFolder(path)
+    info = (folder.request().get("trick"), folder.summary().get("val_size"))
+    if info[0] is None or info[1] is not None:  # not a trick run, or complete: keep it
+        _TRICK_INFO[key] = info
+    return info
+
+
+def baseline_bands(states: list, metric: str) -> dict:
+    """For the app's compare view: run id -> its difference to the group's baseline run with
+    the noise band ('+0.4% ± 3.8% ≈'; ▲ better, ▼ worse, ≈ within noise), when the compared
+    runs come from ``cockpit ablate --tricks``; {} otherwise."""
+    from rich.text import Text
+
+    infos = {s.run_id: _trick_info(s.snapshot.path) for s in states}
+    base = next((s for s in states if infos[s.run_id][0] == BASELINE), None)
+    if base is None:
+        return {}
+
+    def value_se(state) -> tuple[float, float]:
+        row = state.last_eval or {}
+        v = row.get(metric)
+        v = float(v) if isinstance(v, (int, float)) else math.nan
+        return v, noise_se(metric, v, infos[state.run_id][1], row.get("val_loss_se"))
+
+    ref = value_se(base)
+    out = {}
+    marks = {"better": ("▲", "#98c379"), "worse": ("▼", "#e06c75"), "within noise": ("≈", "dim")}
+    for state in states:
+        if state is base:
+            out[state.run_id] = Text("baseline", style="dim")
+            continue
+        diff, band, verdict = compare_to_baseline(ref, value_se(state), metric)
+        mark, style = marks.get(verdict, ("", "dim"))
+        out[state.run_id] = Text(f"{band_text(diff, band, metric)} {mark}".strip(), style=style)
+    return out

@@ -153,3 +153,71 @@ def test_the_table_puts_the_baseline_first_and_ranks_the_tricks():
     assert [ln.split()[0] for ln in lines[1:4]] == ["baseline", "batchnorm", "dropout"]
     assert "+0.4% ± 3.8%" in lines[3] and "within noise" in lines[3]
     assert "(reference)" in lines[1] and "500 val samples" in text
+
+
+def tricks_workspace(ws):
+    """Three runs of one `ablate --tricks` group: baseline 90.0%, batchnorm 97.0%, dropout 90.4%
+    of 500 val samples."""
+    from engine.torchfree.runfolder import RunFolder, write_json_atomic
+    from tests.app.workspaces import T0, RunSpec, write_run
+
+    for n, (trick, acc) in enumerate((("baseline", 0.90), ("batchnorm", 0.97), ("dropout", 0.904))):
+        folder = write_run(
+            ws,
+            RunSpec(
+                run_id=f"quickstart-20300317-05332{n}-ab1{n}",
+                stage_names=["train"],
+                verdicts=[("train", "pass", "trained")],
+                group="quickstart-tricks-20300317-053320-0000",
+                evals=[
+                    {
+                        "step": 100,
+                        "time": T0 - 60,
+                        "stage": "train",
+                        "val_loss": 0.3,
+                        "val_loss_se": 0.01,
+                        "accuracy": acc,
+                    }
+                ],
+                overrides={"prune.rule": "none"},
+            ),
+        )
+        request = folder.request()
+        write_json_atomic(folder.file("run.json"), {**request, "trick": trick})
+        folder.write_summary({**folder.summary(), "val_size": 500})
+    return [RunFolder(p) for p in sorted(ws.iterdir())]
+
+
+def test_the_compare_view_ranks_tricks_against_the_baseline_with_the_band(tmp_path):
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from cockpit.app.screens.compare import CompareScreen
+    from tests.app.conftest import make_app, wait_until
+
+    ws = tmp_path / "runs"
+    tricks_workspace(ws)
+
+    async def main():
+        app = make_app(ws)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await wait_until(pilot, lambda: len(app.runs) == 3, what="the runs")
+            await pilot.press("c")
+            await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), what="compare")
+            await pilot.pause(0.3)
+            table = app.screen.query_one("#ranking", DataTable)
+            labels = [str(c.label) for c in table.columns.values()]
+            assert "vs baseline ± noise" in labels
+            cells = {
+                str(table.get_row_at(i)[2]): str(
+                    table.get_row_at(i)[labels.index("vs baseline ± noise")]
+                )
+                for i in range(table.row_count)
+            }
+            return cells
+
+    cells = asyncio.run(main())
+    assert any(v == "baseline" for v in cells.values())
+    assert "+7.0% ± 3.1% ▲" in cells.values()  # batchnorm: 2·sqrt(.9·.1/500 + .97·.03/500)
+    assert "+0.4% ± 3.8% ≈" in cells.values()  # dropout: nothing

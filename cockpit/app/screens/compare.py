@@ -245,6 +245,9 @@ class CompareScreen(CockpitScreen):
         selected = self.selected_run_id()
         table.clear(columns=True)
         metric = fmt.METRIC_SHORT.get(self.metric or "", self.metric or "")
+        from cockpit.ablate import baseline_bands  # `ablate --tricks`: each run vs the baseline
+
+        bands = baseline_bands(ranked, self.metric or "val_loss")
         for key, label in (
             ("rank", "#"),
             ("mark", ""),
@@ -252,6 +255,7 @@ class CompareScreen(CockpitScreen):
             ("status", "status"),
             ("step", "step"),
             ("value", f"{metric} ▼"),
+            *([("band", "vs baseline ± noise")] if bands else []),
             ("changes", "overrides vs base"),
         ):
             table.add_column(label, key=key)
@@ -266,6 +270,7 @@ class CompareScreen(CockpitScreen):
                 fmt.status_text(fmt.display_status(s)),
                 fmt.count(s.step) if s.step else "-",
                 fmt.number(value),
+                *([bands.get(state.run_id, "")] if bands else []),
                 Text(fmt.overrides_text(s.overrides, varying) or "base", style="#98c379"),
                 key=state.run_id,
             )
