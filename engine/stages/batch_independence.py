@@ -70,8 +70,9 @@ class BatchIndependenceStage(Stage):
                 Check(
                     "gradient_isolation",
                     "skip",
-                    f"inputs are {str(x.dtype).removeprefix('torch.')} with no nn.Embedding to "
-                    "take a gradient at: only the alone-vs-batch comparison runs",
+                    f"inputs are {str(x.dtype).removeprefix('torch.')} and no nn.Embedding "
+                    "takes the batch as its input, so there is no gradient to probe: only the "
+                    "alone-vs-batch comparison runs",
                 )
             )
             checks.append(self.check_alone(model, x, first, metrics, random))
