@@ -528,3 +528,62 @@ def test_a_run_is_never_its_own_peer(workspace):
     p = attach(c, {"group": "g"})
     p(1, {"val_loss": 0.9})  # one peer only (itself does not count): no quorum of 2
     assert requests == []
+
+
+# ---------------------------------------------------------------- loss at init, imbalance
+# engine/stages/init.py: the loss at init against ln C, within InitSettings.loss_tolerance;
+# classes imbalanced above InitSettings.imbalance_ratio (largest count / smallest).
+
+
+def _logit_for(loss: float, classes: int = 4) -> float:
+    """The edges.ConstantLogits logit whose cross-entropy on class-1 targets is ``loss``."""
+    return -math.log((math.exp(loss) - 1) / (classes - 1))
+
+
+@pytest.mark.parametrize(
+    ("side", "delta", "status"),
+    [
+        ("above", -0.01, "pass"),  # just inside the tolerance, above ln C
+        ("above", +0.01, "warn"),  # just outside: confidently wrong from the start
+        ("below", -0.01, "pass"),
+        ("below", +0.01, "warn"),  # far below: do the targets leak into the inputs?
+    ],
+)
+def test_loss_at_init_within_its_tolerance_of_ln_c(workspace, side, delta, status):
+    from engine.torchfree.ladder import InitSettings
+
+    tol = InitSettings().loss_tolerance
+    expected = math.log(4)
+    off = (tol + delta) * (1 if side == "above" else -1)
+    loss = expected * (1 + off)
+    overrides = {
+        "model": {"_target_": "edges.ConstantLogits", "logit": _logit_for(loss)},
+        "data": {"_target_": "edges.one_label"},
+    }
+    _code, summary, _ = run_inprocess(BLOBS, workspace, overrides=overrides, stages=["init"])
+    rec = stage(summary, "init")
+    assert rec["metrics"]["loss_at_init"] == pytest.approx(loss, rel=1e-5)
+    got = check(rec, "loss_at_init")
+    assert got["status"] == status, got
+    if status == "warn":
+        words = "confidently wrong" if side == "above" else "far below the expected"
+        assert words in got["detail"]
+
+
+@pytest.mark.parametrize(("extra", "status"), [(0, "pass"), (1, "warn")])
+def test_classes_imbalanced_above_the_ratio(workspace, extra, status):
+    from engine.torchfree.ladder import InitSettings
+
+    ratio = InitSettings().imbalance_ratio
+    small = 40
+    big = (
+        math.floor(ratio * small) + extra
+    )  # at the ratio (or the largest count under it), then one more
+    overrides = {"data": {"_target_": "edges.counts", "per_class": [big, small, small, small]}}
+    _code, summary, _ = run_inprocess(BLOBS, workspace, overrides=overrides, stages=["init"])
+    rec = stage(summary, "init")
+    assert rec["metrics"]["imbalance_ratio"] == pytest.approx(big / small)
+    got = check(rec, "class_balance")
+    assert got["status"] == status, got
+    if status == "warn":
+        assert f"({big / small:.1f}×)" in got["detail"] and "class 0 has" in got["detail"]

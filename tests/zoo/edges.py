@@ -58,3 +58,30 @@ def calibrated_not_accurate(n_train: int = 3000, n_val: int = 2000, dim: int = 1
         return x, y
 
     return TensorDataset(*draw(n_train)), TensorDataset(*draw(n_val))
+
+
+def one_label(label: int = 1, **kw):
+    """Blobs whose every target is ``label`` (so a constant output has one exact loss)."""
+    train, val = blobs(**kw)
+    (x, y), (xv, yv) = train.tensors, val.tensors
+    return (
+        TensorDataset(x, torch.full_like(y, label)),
+        TensorDataset(xv, torch.full_like(yv, label)),
+    )
+
+
+class ConstantLogits(torch.nn.Module):
+    """A linear layer with zero weights and the bias ``[0, logit, 0, ...]``: at init it outputs
+    the same logits for every input, so on targets that are all class 1 the cross-entropy is
+    exactly ``log(classes - 1 + e^logit) - logit`` — any value above 0, chosen by ``logit``."""
+
+    def __init__(self, in_dim: int = 16, classes: int = 4, logit: float = 0.0):
+        super().__init__()
+        self.fc = torch.nn.Linear(in_dim, classes)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+            self.fc.bias[1] = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
