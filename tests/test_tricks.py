@@ -25,6 +25,7 @@ from engine.torchfree import preset as presets
 from tests.conftest import PRESETS
 
 sys.path.insert(0, str(PRESETS))
+import resnet  # presets/resnet.py
 import shapes  # the presets' own module, importable the way the engine makes it
 
 
@@ -221,3 +222,40 @@ def test_the_compare_view_ranks_tricks_against_the_baseline_with_the_band(tmp_pa
     assert any(v == "baseline" for v in cells.values())
     assert "+7.0% ± 3.1% ▲" in cells.values()  # batchnorm: 2·sqrt(.9·.1/500 + .97·.03/500)
     assert "+0.4% ± 3.8% ≈" in cells.values()  # dropout: nothing
+
+
+# ---------------------------------------------------------------- the small ResNet (recipe step 12)
+
+
+def test_the_small_resnet_is_resnet18s_stem_and_first_stage():
+    """At ImageNet's settings the stem and layer1 have torchvision's resnet18 conv1 + bn1 +
+    layer1 parameters: 9,408 + 128 + 147,968 = 157,504 (torchvision.models.resnet18)."""
+    m = resnet.ResNetSmall(in_channels=3, classes=5, width=64, stem_kernel=7, stem_stride=2)
+    body = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("fc."))
+    assert body == 157_504
+    assert m(torch.randn(2, 3, 224, 224)).shape == (2, 5)
+    assert len(m.layer1) == 2 and all(isinstance(b, resnet.BasicBlock) for b in m.layer1)
+
+
+def test_a_zero_initialised_residual_block_starts_as_the_identity():
+    block = resnet.ResNetSmall(width=8, zero_init_residual=True).layer1[0].eval()
+    x = torch.rand(2, 8, 6, 6)  # non-negative: what follows a ReLU
+    assert torch.allclose(block(x), x)
+    plain = resnet.ResNetSmall(batchnorm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+
+@pytest.mark.slow
+def test_the_small_resnet_preset_passes_the_ladder_and_says_batchnorm_is_on(workspace):
+    from tests.conftest import run_inprocess
+
+    code, summary, _ = run_inprocess(
+        PRESETS / "resnet_small.yaml",
+        workspace,
+        overrides={"generalize.steps": 200, "generalize.eval_every": 100, "speed.batches": 5},
+    )
+    problems = [(s["name"], s["status"], s["reason"]) for s in summary["stages"]]
+    assert code == 0 and summary["status"] == "passed", problems
+    init = summary["stages"][0]
+    assert init["status"] == "warn" and "batchnorm" in init["reason"], problems
+    assert all(s["status"] == "pass" for s in summary["stages"][1:]), problems
