@@ -174,7 +174,12 @@ def run_ablation(args: argparse.Namespace) -> int:
     tricks = getattr(args, "tricks", False)
     names = [name for name, _ in trick_points(base, args.preset)] if tricks else []
     workspace = resolve_workspace(args.workspace)
-    parallel = placement(runs, workspace, args.parallel)
+    from cockpit.launchers import choose
+    from cockpit.launchers.slurm import lane_extra
+
+    where = choose(workspace, getattr(args, "launcher", None), getattr(args, "slurm", None))
+    # Slurm places the jobs (and --parallel N is N lanes of singleton jobs): no local check
+    parallel = args.parallel if where else placement(runs, workspace, args.parallel)
     group = new_run_id(f"{base.name}-{'tricks' if tricks else 'ablate'}")
     folders = [
         create_run(
@@ -187,12 +192,16 @@ def run_ablation(args: argparse.Namespace) -> int:
                 "group_parallel": parallel,
                 "ablation_point": point,
                 **({"trick": names[i]} if tricks else {}),
+                **where,
+                **(lane_extra(i, parallel) if where else {}),
             },
         )
         for i, (point, preset) in enumerate(runs)
     ]
     procs = [start_engine(f) for f in folders]
     cap = f"{parallel} at a time" if parallel else "one per free GPU"
+    if where and not parallel:
+        cap = "as Slurm schedules them"
     print(
         f"ablation {group}: {len(folders)} runs of {base.name} ({', '.join(stages)}), {cap} · {workspace}"
     )

@@ -55,6 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     sets.add_argument("--stages", metavar="a,b,...", help="run only these stages, in this order")
 
+    launch = _Parser(add_help=False)  # where the engines run (cockpit/launchers, docs/slurm.md)
+    launch.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="local processes (default) or Slurm batch jobs (default: launcher: in the "
+        "workspace's cockpit.yaml)",
+    )
+    launch.add_argument(
+        "--slurm",
+        dest="slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sbatch option for the Slurm launcher: partition, account, time, qos, "
+        "cpus_per_task, mem, constraint, extra (repeatable)",
+    )
+
     p = _Parser(
         prog="cockpit",
         parents=[ws],
@@ -67,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        parents=[ws, sets],
+        parents=[ws, sets, launch],
         help="walk the ladder on a preset",
         description="Start an engine on PRESET and print each stage's verdict as it lands.",
     )
@@ -85,14 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     kill = sub.add_parser("kill", parents=[ws], help="stop runs and every process they started")
     kill.add_argument("runs", nargs="+", metavar="RUN", help="run ids (a unique prefix will do)")
 
-    fork = sub.add_parser("fork", parents=[ws, sets], help="a child run from RUN's resolved preset")
+    fork = sub.add_parser(
+        "fork", parents=[ws, sets, launch], help="a child run from RUN's resolved preset"
+    )
     fork.add_argument("run", metavar="RUN")
     fork.add_argument("--warm", action="store_true", help="start from RUN's latest checkpoint")
     fork.add_argument(
         "--detach", action="store_true", help="return at once instead of following the child"
     )
 
-    ab = sub.add_parser("ablate", parents=[ws, sets], help="one run per grid point")
+    ab = sub.add_parser("ablate", parents=[ws, sets, launch], help="one run per grid point")
     ab.add_argument("preset", metavar="PRESET")
     ab.add_argument(
         "--grid",
@@ -196,9 +215,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = parse_sets(args.sets)
     preset = presets.load(args.preset, overrides)
     stages = parse_stages(args.stages)
-    folder = create_run(
-        resolve_workspace(args.workspace), preset, overrides=overrides, stages=stages
-    )
+    from cockpit.launchers import choose
+
+    workspace = resolve_workspace(args.workspace)
+    launcher = choose(workspace, args.launcher, args.slurm)
+    folder = create_run(workspace, preset, overrides=overrides, stages=stages, extra=launcher)
     proc = start_engine(folder)
     if args.detach:
         print(f"{folder.run_id} started in the background · {folder.path}")
@@ -229,6 +250,8 @@ def watch(folder, proc) -> int:
                 import signal
 
                 eng.send_signal(signal.SIGTERM)
+            elif getattr(proc, "job_id", None):  # a Slurm job: scancel (SIGTERM to the engine)
+                proc.terminate()
         else:
             launch.stop(folder, force=True)
 
@@ -294,6 +317,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for s in snaps:
         metric = f"{s.metric_name} {_fmt(s.metric, 3)}" if s.metric_name else "-"
         status = s.status + (f" ({s.queue})" if s.status == "queued" and s.queue else "")
+        if s.slurm_job and s.status != "queued":  # running on node1, killed (timeout)
+            where = f" on {s.node}" if s.node and s.status == "running" else ""
+            ended = s.slurm_state if s.status in ("killed", "error") and s.slurm_state else ""
+            status += f" (slurm {s.slurm_job}{where}{', ' + ended.lower() if ended else ''})"
         rows.append(
             (
                 s.run_id,
@@ -345,7 +372,12 @@ def cmd_fork(args: argparse.Namespace) -> int:
     ws = resolve_workspace(args.workspace)
     parent = find_run(ws, args.run)
     folder, proc = fork_run(
-        ws, parent, parse_sets(args.sets), warm=args.warm, stages=parse_stages(args.stages)
+        ws,
+        parent,
+        parse_sets(args.sets),
+        warm=args.warm,
+        stages=parse_stages(args.stages),
+        launcher=(args.launcher, args.slurm),
     )
     how = f"warm from its step {folder.request().get('fork_step')}" if args.warm else "cold"
     if args.detach:

@@ -40,8 +40,12 @@ def fork_run(
     warm: bool = False,
     stages: list[str] | None = None,
     start: bool = True,
+    launcher: tuple[str | None, list[str]] = (None, []),
 ) -> tuple[RunFolder, subprocess.Popen | None]:
-    """Create (and start) a child of ``parent``; ``warm`` restores its latest checkpoint."""
+    """Create (and start) a child of ``parent``; ``warm`` restores its latest checkpoint.
+    ``launcher``: (--launcher, --slurm options); by default the parent's launcher and options."""
+    from cockpit.launchers import choose
+
     base = parent_preset(parent)
     preset = apply_overrides(base, overrides) if overrides else base
     validate(preset)
@@ -69,6 +73,7 @@ def fork_run(
         raise LookupError(f"run {parent.run_id}: run.json's stages is not a list of names.")
     if stages is not None:
         check_stage_names(stages)
+    where = choose(workspace, launcher[0], launcher[1], parent_request=req)
     folder = create_run(
         workspace,
         preset,
@@ -78,7 +83,7 @@ def fork_run(
         fork_step=fork_step,
         warm_from=warm_from,
         group=req.get("group") if isinstance(req.get("group"), str) else None,
-        extra={"preset_dir": _text(req.get("preset_dir")) or str(preset.folder)},
+        extra={"preset_dir": _text(req.get("preset_dir")) or str(preset.folder), **where},
     )
     proc = start_engine(folder) if start else None
     return folder, proc

@@ -141,7 +141,12 @@ def _sha256(path: Path) -> str | None:
 
 
 def start_engine(folder: RunFolder) -> subprocess.Popen:
-    """Start ``python -m engine RUN_DIR`` detached from this terminal; record its pid."""
+    """Start ``python -m engine RUN_DIR`` detached from this terminal; record its pid. A run
+    whose run.json says ``launcher: slurm`` is submitted as a batch job instead (a JobHandle)."""
+    if folder.request().get("launcher") == "slurm":
+        from cockpit.launchers.slurm import submit
+
+        return submit(folder)  # type: ignore[return-value] - Popen's poll/wait/returncode
     env = os.environ.copy()
     env["PYTHONUNBUFFERED"] = "1"
     # the engine must import the same engine package as this cockpit, installed or not
@@ -235,7 +240,12 @@ def stop(folder: RunFolder, grace: float = GRACE_S, *, force: bool = False) -> b
 
     SIGTERM to the engine, wait up to ``grace`` seconds for it to finish its step and write
     ``killed``, then SIGKILL whatever of its tree is left (also its process group and the
-    processes it recorded in workers.jsonl)."""
+    processes it recorded in workers.jsonl). A Slurm run is stopped with scancel, from any
+    machine with Slurm's client tools (cockpit/launchers/slurm.py)."""
+    from cockpit.launchers import slurm as slurm_launcher
+
+    if slurm_launcher.is_slurm_run(folder):
+        return slurm_launcher.stop(folder)
     p = engine_process(folder)
     if p is None:
         strays: list[psutil.Process] = []

@@ -92,15 +92,19 @@ class Runner:
         return code
 
     def _run(self) -> int:
-        from engine.torchfree import slots
+        from engine.torchfree import slots, slurm
 
         try:
-            self.lease = slots.acquire(
-                self.folder,
-                self.request,
-                lambda: self.stop.requested,
-                on_wait=lambda place: self.save(status=RunStatus.QUEUED, **place),
-            )
+            if slurm.in_job(self.request):  # Slurm allocated the devices: no local queue
+                self.lease = slurm.job_lease()
+                self.save(**slurm.job_fields())
+            else:
+                self.lease = slots.acquire(
+                    self.folder,
+                    self.request,
+                    lambda: self.stop.requested,
+                    on_wait=lambda place: self.save(status=RunStatus.QUEUED, **place),
+                )
         except slots.SlotError as e:
             return self.finish(RunStatus.ERROR, str(e), error_kind="preset")
         if self.lease is None or self.stop.requested:

@@ -572,6 +572,9 @@ class RunSnapshot:
     overrides: dict = field(default_factory=dict)
     queue: str | None = None
     device: str | None = None
+    slurm_job: str | None = None  # a Slurm run's job id, its last known state and node
+    slurm_state: str | None = None
+    node: str | None = None
     step: int = 0
     train_loss: float = math.nan
     val_loss: float = math.nan
@@ -702,6 +705,10 @@ class RunFolder:
         s, problem = self.summary_checked()
         if problem:
             return {**s, "status": "unreadable", "reason": problem}
+        if self.file("slurm.json").exists():  # a Slurm job: squeue knows, not a local pid
+            from engine.torchfree.slurm import job_state
+
+            return job_state(self, s)
         # no proc.json yet: the launcher is between creating the folder and starting the engine
         started = self.file("proc.json").exists() or time.time() - s.get("created", 0) > 30
         if s.get("status") in LIVE and started and process_alive(self.proc()) is False:
@@ -811,7 +818,13 @@ class RunFolder:
             overrides=s.get("overrides") or {},
             queue=s.get("queue"),
             device=s.get("device"),
+            slurm_job=s.get("slurm_job"),
+            slurm_state=s.get("slurm_state"),
+            node=s.get("node") or s.get("slurm_node"),
         )
+        if snap.slurm_job:  # the app shows `device`: say where the job runs
+            where = f" on {snap.node}" if snap.node else ""
+            snap.device = f"{snap.device or 'Slurm'}{where} · job {snap.slurm_job}"
         if len(tail):
             step = tail["step"][-1]
             snap.step = int(step) if math.isfinite(step) and 0 <= step < 2**53 else 0

@@ -1,0 +1,408 @@
+"""Slurm jobs as the run folder's readers see them — torch-free, standard library only.
+
+A run started by the Slurm launcher (cockpit/launchers/slurm.py) has ``slurm.json`` in its
+folder: ``{"job_id": "123", "submitted": <unix time>, "cluster": ..., "options": [...]}``. The
+engine inside the job writes the folder as it does locally; this module adds what only Slurm
+knows: that the job still waits in the queue (and why), that it runs on which node, and how it
+ended when the engine could not say so itself (a time limit, an ``scancel`` from outside, a
+preemption, a node failure, the out-of-memory killer).
+
+- ``Jobs`` asks Slurm about every job of a workspace in **one** ``squeue`` call per refresh
+  (``TTL_S``), bounded by ``TIMEOUT_S``; jobs ``squeue`` no longer knows (after MinJobAge) are
+  looked up with one ``sacct`` call where accounting is configured.
+- ``overlay`` combines a summary with its job: pure, so it is tested without Slurm.
+- Without ``squeue`` on PATH (or when it fails) nothing changes: the folder is shown as written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SLURM_JSON = "slurm.json"
+TTL_S = 2.0  # one squeue call per this many seconds serves every run of a workspace
+TIMEOUT_S = 5.0  # a hung slurmctld never hangs `cockpit ls` or the app for longer
+
+PENDING = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING"}
+)
+RUNNING = frozenset(
+    {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "STOPPED", "SUSPENDED"}
+)
+KILLED = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "DEADLINE", "REVOKED"})
+ERRORS = frozenset({"FAILED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY", "SPECIAL_EXIT"})
+ENDED = KILLED | ERRORS | {"COMPLETED"}
+
+_WORDS = {
+    "CANCELLED": "cancelled (scancel)",
+    "TIMEOUT": "stopped at its time limit",
+    "PREEMPTED": "preempted",
+    "DEADLINE": "stopped at its deadline",
+    "REVOKED": "revoked (run on another cluster)",
+    "FAILED": "failed",
+    "NODE_FAIL": "lost with its node (node failure)",
+    "BOOT_FAIL": "not started: its node failed to boot",
+    "OUT_OF_MEMORY": "killed for running out of memory",
+    "SPECIAL_EXIT": "held after a special exit",
+    "COMPLETED": "completed",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One Slurm job as squeue/sacct report it."""
+
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETED, CANCELLED, TIMEOUT, ... (no "by uid" suffix)
+    reason: str = ""  # squeue's %r: Resources, Priority, TimeLimit, ... ("" for None)
+    nodes: str = ""
+    time_limit: str = ""
+    exit_code: str = ""
+
+    def words(self) -> str:
+        """'Slurm job 12 stopped at its time limit (1:00)' and the like."""
+        what = _WORDS.get(self.state, self.state.lower())
+        if self.state == "TIMEOUT" and self.time_limit:
+            what += f" ({self.time_limit})"
+        elif self.state in ERRORS and self.exit_code and self.exit_code not in ("0:0", ""):
+            what += f" (exit code {self.exit_code})"
+        if self.reason and self.state not in ("TIMEOUT",) and self.reason != "TimeLimit":
+            what += f": {self.reason}"
+        return f"Slurm job {self.job_id} {what}"
+
+
+def _state(text: str) -> str:
+    """'CANCELLED by 0' -> 'CANCELLED'; 'RUNNING' stays."""
+    return text.strip().split(" ")[0].upper().rstrip("+")
+
+
+def _reason(text: str) -> str:
+    text = text.strip()
+    return "" if text in ("None", "(null)", "") else text
+
+
+SQUEUE_FORMAT = "%i|%T|%r|%N|%l"
+
+
+def parse_squeue(text: str) -> dict[str, Job]:
+    """``squeue -h -t all -o '%i|%T|%r|%N|%l'`` lines -> {job id: Job}; junk lines are skipped."""
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0]:
+            continue
+        parts += [""] * (5 - len(parts))
+        job = Job(parts[0], _state(parts[1]), _reason(parts[2]), parts[3].strip(), parts[4].strip())
+        jobs[job.job_id] = job
+    return jobs
+
+
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Timelimit"
+
+
+def parse_sacct(text: str) -> dict[str, Job]:
+    """``sacct -n -P -X -o JobID,State,ExitCode,NodeList,Timelimit`` lines -> {job id: Job}."""
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2 or not parts[0] or "." in parts[0]:  # steps (12.batch) are not jobs
+            continue
+        parts += [""] * (5 - len(parts))
+        job = Job(
+            parts[0],
+            _state(parts[1]),
+            "",
+            _reason(parts[3]),
+            _reason(parts[4]),
+            parts[2].strip(),
+        )
+        jobs[job.job_id] = job
+    return jobs
+
+
+def parse_scontrol(text: str) -> dict[str, str]:
+    """``scontrol show job ID`` (or ``-o``) -> {Key: value} (values up to the next space)."""
+    out = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key and key not in out:
+            out[key] = value
+    return out
+
+
+def _run(argv: list[str], timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr); 127 when the command is missing, 124 when it timed out."""
+    try:
+        p = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            errors="replace",
+        )
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]} is not on PATH"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{argv[0]} did not answer within {timeout:.0f} s"
+    except OSError as e:
+        return 126, "", f"{argv[0]}: {e}"
+    return p.returncode, p.stdout, p.stderr
+
+
+def available() -> bool:
+    return shutil.which("squeue") is not None
+
+
+def query(job_ids: list[str], timeout: float = TIMEOUT_S) -> tuple[dict[str, Job], bool]:
+    """({job id: Job}, whether Slurm answered). Jobs Slurm no longer knows are missing."""
+    if not job_ids:
+        return {}, True
+    if not available():
+        return {}, False
+    ids = ",".join(sorted(set(job_ids), key=lambda j: (len(j), j)))
+    rc, out, err = _run(["squeue", "-h", "-t", "all", "-j", ids, "-o", SQUEUE_FORMAT], timeout)
+    if rc != 0 and "invalid job id" not in err.lower():
+        return {}, False
+    jobs = parse_squeue(out) if rc == 0 else {}
+    missing = [j for j in job_ids if j not in jobs]
+    if missing and shutil.which("sacct"):
+        rc, out, _ = _run(
+            ["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", SACCT_FIELDS], timeout
+        )
+        if rc == 0:
+            jobs.update({k: v for k, v in parse_sacct(out).items() if k in missing})
+    return jobs, True
+
+
+def read_record(run_dir: Path) -> dict | None:
+    """slurm.json with a usable job id, or None (a local run, or a broken file)."""
+    try:
+        raw = (Path(run_dir) / SLURM_JSON).read_bytes()[:65536]
+        rec = json.loads(raw)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict):
+        return None
+    job = rec.get("job_id")
+    if isinstance(job, int) and not isinstance(job, bool):
+        job = str(job)
+    if not (isinstance(job, str) and job and all(c.isdigit() or c == "_" for c in job)):
+        return None
+    return {**rec, "job_id": job}
+
+
+class Jobs:
+    """Every Slurm job of a workspace, asked in one call and kept ``TTL_S`` seconds."""
+
+    def __init__(self, ttl: float = TTL_S):
+        self.ttl = ttl
+        self.lock = threading.Lock()
+        self.records: dict[str, str | None] = {}  # run folder -> job id (None: none yet)
+        self.settled: set[str] = set()  # run folders whose end Slurm already added
+        self.at: dict[str, float] = {}  # workspace -> when asked
+        self.answers: dict[str, tuple[dict[str, Job], bool, set[str]]] = {}
+
+    def job_id(self, run_dir: Path) -> str | None:
+        """The run's job id; a run without one is looked at again next time (its slurm.json
+        may be written a moment after its folder)."""
+        key = str(run_dir)
+        if self.records.get(key) is None:
+            rec = read_record(run_dir)
+            self.records[key] = rec["job_id"] if rec else None
+        return self.records[key]
+
+    def forget(self) -> None:
+        """Drop the answers kept: the next lookup asks Slurm (after an scancel, say)."""
+        with self.lock:
+            self.answers.clear()
+            self.at.clear()
+
+    def settle(self, run_dir: Path) -> None:
+        self.settled.add(str(run_dir))
+
+    def lookup(self, run_dir: Path) -> tuple[Job | None, bool]:
+        """(the run's job or None when Slurm does not know it, whether Slurm answered)."""
+        job_id = self.job_id(run_dir)
+        if job_id is None:
+            return None, False
+        ws = str(Path(run_dir).parent)
+        with self.lock:
+            now = time.monotonic()
+            fresh = ws in self.answers and now - self.at.get(ws, 0.0) < self.ttl
+            if not fresh or job_id not in self.answers[ws][2]:
+                ids = self._workspace_ids(Path(ws)) | {job_id}
+                jobs, ok = query(sorted(ids))
+                self.answers[ws], self.at[ws] = (jobs, ok, ids), now
+            jobs, ok, _ = self.answers[ws]
+        return jobs.get(job_id), ok
+
+    def _workspace_ids(self, ws: Path) -> set[str]:
+        ids = set()
+        try:
+            entries = list(os.scandir(ws))
+        except OSError:
+            return ids
+        for e in entries:
+            if e.path in self.settled:
+                continue
+            with contextlib.suppress(OSError):
+                if e.is_dir() and os.path.exists(os.path.join(e.path, SLURM_JSON)):
+                    job = self.job_id(Path(e.path))
+                    if job is not None:
+                        ids.add(job)
+        return ids
+
+
+JOBS = Jobs()
+
+
+def overlay(
+    summary: dict, record: dict, job: Job | None, answered: bool, now: float | None = None
+) -> tuple[dict, bool]:
+    """(the summary as the run really stands, whether that is news worth writing back).
+
+    - pending in Slurm: ``queued``, with Slurm's reason as the queue text;
+    - running: as the engine wrote it (it may still be booting: ``queued``, "starting on N");
+    - ended while the folder still says queued/running: ``killed`` (cancelled, time limit,
+      preemption, deadline) or ``error`` (failure, node failure, out of memory, or a job that
+      completed without the engine recording its end), with Slurm's reason;
+    - ended after the engine wrote its end: the end stays; a killed/error run gets Slurm's
+      reason in front of its own;
+    - unknown to a Slurm that answered, while the folder is live: ``error``;
+    - Slurm did not answer (or is not installed here): the summary as written."""
+    s = dict(summary)
+    s["slurm_job"] = record.get("job_id")
+    live = s.get("status") in ("queued", "running")
+    if job is not None and job.nodes:
+        s["node"] = job.nodes
+    if not answered:
+        return s, False
+    now = time.time() if now is None else now
+    if job is None:
+        if not live or s.get("slurm_state"):
+            return s, False
+        submitted = record.get("submitted")
+        if isinstance(submitted, (int, float)) and now - submitted < 10:
+            return s, False  # a moment after sbatch: give the controller time to list it
+        s.update(
+            status="error",
+            slurm_state="UNKNOWN",
+            reason=f"Slurm no longer knows job {record.get('job_id')} and the engine never "
+            f"recorded an end (killed with its node?); see engine.log",
+            ended=s.get("ended") or now,
+            current_stage=None,
+        )
+        return s, True
+    if job.state in PENDING:
+        if live:
+            why = f" ({job.reason})" if job.reason else ""
+            s.update(status="queued", queue=f"Slurm job {job.job_id} pending{why}")
+        return s, False
+    if job.state in RUNNING:
+        if live and s.get("status") == "queued" and not s.get("queue"):
+            s["queue"] = f"Slurm job {job.job_id} starting on {job.nodes or 'its node'}"
+        return s, False
+    if job.state not in ENDED or s.get("slurm_state"):
+        return s, False
+    s["slurm_state"] = job.state
+    if live:
+        status = "killed" if job.state in KILLED else "error"
+        reason = job.words()
+        if job.state == "COMPLETED":
+            reason = (
+                f"Slurm job {job.job_id} ended without the engine recording an end; see engine.log"
+            )
+        s.update(status=status, reason=reason, ended=s.get("ended") or now, current_stage=None)
+        s["queue"] = None
+    elif s.get("status") in ("killed", "error") and job.state in KILLED | ERRORS:
+        own = s.get("reason") or ""
+        s["reason"] = job.words() + (f"; {own}" if own else "")
+    return s, True
+
+
+def snapshot_fields(summary: dict) -> dict[str, Any]:
+    """What a runs table adds for a Slurm run: the job, its last known state and node."""
+    return {
+        "slurm_job": summary.get("slurm_job"),
+        "slurm_state": summary.get("slurm_state"),
+        "node": summary.get("node") or summary.get("slurm_node"),
+    }
+
+
+def job_state(folder: Any, summary: dict) -> dict:
+    """RunFolder.state() for a run with slurm.json: the summary combined with its job (see
+    ``overlay``). An end only Slurm knows is written back to summary.json (best effort, and
+    only when the engine has not rewritten the file meanwhile), so it outlives Slurm's memory
+    of the job (MinJobAge)."""
+    record = read_record(folder.path)
+    if record is None:
+        return summary
+    if summary.get("slurm_state") and summary.get("status") not in ("queued", "running"):
+        JOBS.settle(folder.path)  # its end is recorded: no more questions to Slurm
+        return {**summary, "slurm_job": record["job_id"]}
+    path = folder.file("summary.json")
+    try:
+        before = os.stat(path).st_mtime_ns
+    except OSError:
+        before = None
+    job, answered = JOBS.lookup(folder.path)
+    s, news = overlay(summary, record, job, answered)
+    if news:
+        with contextlib.suppress(OSError, ValueError):
+            if before is not None and os.stat(path).st_mtime_ns == before:
+                folder.write_summary(s)
+    return s
+
+
+def in_job(request: dict, environ: dict | None = None) -> bool:
+    """Whether this engine runs as the Slurm job the launcher submitted for its run."""
+    env = os.environ if environ is None else environ
+    return request.get("launcher") == "slurm" and bool(env.get("SLURM_JOB_ID"))
+
+
+def job_lease(environ: dict | None = None) -> Any:
+    """The slots of a run inside its Slurm job: what Slurm allocated, no local queue.
+
+    Slurm has already given the job its devices (``--gres=gpu:N`` sets CUDA_VISIBLE_DEVICES
+    in the job), so the engine does not line up in the host's slot queue — that would make
+    jobs of one node wait for each other twice, and cockpit's lock files are per host anyway.
+    The lease changes no environment variable and holds no lock."""
+    from engine.torchfree.slots.leases import Lease
+
+    env = os.environ if environ is None else environ
+    visible = [v.strip() for v in (env.get("CUDA_VISIBLE_DEVICES") or "").split(",") if v.strip()]
+    gpus = [int(v) for v in visible if v.isdigit()]
+    job, node = env.get("SLURM_JOB_ID", "?"), env.get("SLURMD_NODENAME") or ""
+
+    class JobLease(Lease):
+        def describe(self) -> str:
+            where = f"Slurm job {job}" + (f" on {node}" if node else "")
+            if self.kind == "gpu":
+                return (
+                    where
+                    + (" (GPU " if len(self.slots) == 1 else " (GPUs ")
+                    + (",".join(map(str, self.slots)) + ")")
+                )
+            return where
+
+    return JobLease(kind="gpu" if gpus else "cpu", slots=gpus)
+
+
+def job_fields(environ: dict | None = None) -> dict[str, Any]:
+    """What the engine records about its job in summary.json: id, node(s), restarts."""
+    env = os.environ if environ is None else environ
+    restarts = env.get("SLURM_RESTART_COUNT") or "0"
+    return {
+        "slurm_job": env.get("SLURM_JOB_ID"),
+        "node": env.get("SLURMD_NODENAME") or env.get("SLURM_JOB_NODELIST"),
+        "slurm_restarts": int(restarts) if restarts.isdigit() else 0,
+    }
