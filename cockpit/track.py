@@ -806,23 +806,20 @@ class _Telemetry(threading.Thread):
         except Exception:
             return
         self.nvml_tried = True
-        try:
-            import pynvml
+        from engine.torchfree.nvml import Nvml  # the project's one NVML session
 
-            pynvml.nvmlInit()
-            self.nvml = pynvml
-        except Exception as e:  # not installed, no library, no driver
-            self.note = f"NVML unavailable: {e}"
+        nvml = Nvml()
+        if not nvml.ok:  # not installed, no library, no driver
+            self.note = nvml.error
+            nvml.close()
             return
+        self.nvml = nvml
         try:
-            uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
-            try:
-                self.gpu = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            except Exception:
-                self.gpu = pynvml.nvmlDeviceGetHandleByIndex(index)
-            self.gpu_index = int(pynvml.nvmlDeviceGetIndex(self.gpu))
-            name = pynvml.nvmlDeviceGetName(self.gpu)
-            self.gpu_name = name.decode() if isinstance(name, bytes) else str(name)
+            self.gpu = nvml.handle(
+                index=index, uuid=uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+            )
+            self.gpu_index = nvml.index(self.gpu)
+            self.gpu_name = nvml.name(self.gpu)
         except Exception as e:
             self.note = f"NVML has no handle for cuda:{index}: {e}"
             self.gpu = None
@@ -851,17 +848,7 @@ class _Telemetry(threading.Thread):
         row["steps"] = steps - s0
         row["data_wait"] = round((data - d0) / (total - t0), 4) if total - t0 > 0 else None
         if self.gpu is not None:
-            nv, h, gpu = self.nvml, self.gpu, {}
-            for key, fn in (
-                ("util", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
-                ("mem_used_mb", lambda: nv.nvmlDeviceGetMemoryInfo(h).used / 2**20),
-                ("mem_total_mb", lambda: nv.nvmlDeviceGetMemoryInfo(h).total / 2**20),
-                ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0),
-            ):
-                try:
-                    gpu[key] = round(float(fn()), 1)
-                except Exception:
-                    gpu[key] = None
+            gpu: dict[str, Any] = self.nvml.sample(self.gpu)
             gpu["index"] = self.gpu_index
             row["gpu"] = gpu
         self.out.append(row)
@@ -885,9 +872,6 @@ class _Telemetry(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout=2 * self.interval + 1)
         if self.nvml is not None:
-            try:
-                self.nvml.nvmlShutdown()
-            except Exception:
-                pass
+            self.nvml.close()
             self.nvml = None
         self.out.close()

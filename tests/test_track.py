@@ -588,3 +588,58 @@ def test_a_forked_child_such_as_a_dataloader_worker_writes_nothing(workspace: Pa
     assert list(folder.steps()["step"]) == [1]
     assert folder.summary()["status"] == "passed"
     assert [e["event"] for e in folder.events()].count("run_end") == 1
+
+
+def test_telemetry_reads_nvml_once_the_script_uses_cuda(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No GPU here: torch's CUDA state and NVML are stood in for; the rows must carry the GPU
+    the script uses, by UUID, in the engine's format."""
+    import types
+
+    import cockpit.track as track
+    import engine.torchfree.nvml as nvml_module
+
+    asked = {}
+
+    class FakeNvml:
+        ok, error = True, None
+
+        def handle(self, index=None, uuid=None):
+            asked.update(index=index, uuid=uuid)
+            return "h"
+
+        def index(self, handle):
+            return 3
+
+        def name(self, handle):
+            return "Fake H200"
+
+        def sample(self, handle):
+            return {"util": 97.0, "mem_used_mb": 1000.0, "mem_total_mb": 143000.0, "power_w": 500.0}
+
+        def close(self):
+            asked["closed"] = True
+
+    cuda = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        current_device=lambda: 0,
+        get_device_properties=lambda i: types.SimpleNamespace(uuid="1234-abcd"),
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(nvml_module, "Nvml", FakeNvml)
+    run = track.start(name="gpu", workspace=workspace)
+    run._telemetry.sample()
+    run.finish()
+    rows = RunFolder(run.path).telemetry()
+    assert rows[0]["kind"] == "header" and rows[0]["gpu_index"] == 3
+    assert rows[0]["gpu_name"] == "Fake H200"
+    assert asked["uuid"] == "GPU-1234-abcd" and asked["closed"]
+    gpu = [r["gpu"] for r in rows[1:] if "gpu" in r]
+    assert gpu and gpu[0] == {
+        "util": 97.0,
+        "mem_used_mb": 1000.0,
+        "mem_total_mb": 143000.0,
+        "power_w": 500.0,
+        "index": 3,
+    }
