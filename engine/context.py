@@ -98,8 +98,13 @@ class RunContext:
         self.meter = WaitMeter()
         self._steps_out = StepsAppender(folder.file("steps.bin"))
         self._evals_out = None
+        explicit_loss = preset.get("loss") is not None
         self.loss_fn = self._build_loss()
         self.data = self._build_data()
+        from engine import custom_step
+
+        # the user's own step, dict batches, a model's own loss (None: loss(model(x), y))
+        self.custom = custom_step.build(self, explicit_loss)
         self.warm = warm  # a parent's checkpoint, for a warm fork
         self.verdicts: dict[str, Any] = {}  # stage name -> Verdict, recorded by the runner
         self.eval_listeners: list = []  # called as f(step, metrics) after each full-val evaluation
@@ -155,8 +160,13 @@ class RunContext:
         return DataSets(train, val)
 
     def build_model(self) -> nn.Module:
-        """A fresh model, initialised the same way every time (seeded)."""
+        """A fresh model, initialised the same way every time (seeded); with ``models:``, an
+        ``nn.ModuleDict`` of them (``engine/custom_step.py``)."""
         self.seed_everything()
+        if self.preset.get("models") is not None:
+            from engine import custom_step
+
+            return custom_step.build_models(self)
         model = targets.instantiate(self.preset, "model")
         if not isinstance(model, nn.Module):
             raise targets.PresetError(
@@ -173,6 +183,10 @@ class RunContext:
         self, model: nn.Module, *, lr: float | None = None, no_weight_decay: bool = False
     ) -> torch.optim.Optimizer:
         """The preset's optimizer; ``no_weight_decay`` also zeroes defaults such as AdamW's."""
+        if self.preset.get("models") is not None and isinstance(model, nn.ModuleDict):
+            from engine import custom_step
+
+            return custom_step.build_optimizers(self, model, lr, no_weight_decay)
         extra: dict[str, Any] = {}
         if lr is not None:
             extra["lr"] = lr
@@ -185,6 +199,10 @@ class RunContext:
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         if self.preset.get("scheduler") is None:
             return None
+        if self.preset.get("models") is not None:
+            from engine import custom_step
+
+            return custom_step.build_schedulers(self, optimizer)
         return targets.instantiate(self.preset, "scheduler", optimizer)
 
     # ---- loaders -----------------------------------------------------------------

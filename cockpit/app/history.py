@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cockpit.app.envelope import Envelope, numpy
 from engine.torchfree.runfolder import STEP_COLUMNS, JsonlTail, RunFolder, read_json
+from engine.torchfree.losses import LossesTail
 
 EVAL_SKIP = ("step", "time", "stage", "val_loss", "val_loss_se")
 """Keys of an evals.jsonl row that are not full-val metrics to draw."""
@@ -215,6 +216,8 @@ class StageHistory:
                 for key, value in row.items():
                     if key not in EVAL_SKIP and isinstance(value, (int, float)):
                         names[key] = None
+    losses: dict[str, SmoothedSeries] = field(default_factory=dict)
+    """A custom training step's named losses (losses.bin), e.g. a GAN's G and D."""
         return list(names)
 
     def eval_series(self, key: str) -> tuple[list[float], list[float]]:
@@ -257,6 +260,7 @@ class RunHistory:
     def latest_stage(self) -> str | None:
         """The last stage (in ladder order) that logged steps or evals."""
         names = self.stages_with_data()
+        self._losses = LossesTail(folder.path)
         return names[-1] if names else None
 
     def stages_with_data(self) -> list[str]:
@@ -282,7 +286,7 @@ class RunHistory:
             stages = self._fresh_stages(names, summary, beta)
             _ingest(stages, names, steps.read_new(), evals.read_new(), beta)
             with self.lock:
-                self._steps, self._evals, self.beta = steps, evals, beta
+                self._steps, self._evals, self._losses, self.beta = steps, evals, losses, beta
                 self.stage_names, self.stages = names, stages
                 self.loaded = True
             return True
@@ -294,6 +298,8 @@ class RunHistory:
             if math.isfinite(top) and int(top) >= len(names):  # stage names came late
                 names = list(self.folder.summary().get("stage_names") or names)
             with self.lock:
+            losses = LossesTail(self.folder.path)
+            _ingest_losses(stages, names, losses.read_new(), beta)
                 self.stage_names = names
                 _ingest(self.stages, names, [cols], [], self.beta)
         evals = self._evals.read_new()
@@ -314,6 +320,11 @@ class RunHistory:
             if prefix is not None and prefix.name in stages:
                 own = stages[prefix.name]
                 own.inherited, own.fork_step = prefix, float(fork_step)
+        named = self._losses.read_new()
+        if named:
+            changed = True
+            with self.lock:
+                _ingest_losses(self.stages, names, named, self.beta)
                 own.train = SmoothedSeries(beta, prefix.train.ema_state)
                 own.val = SmoothedSeries(beta, prefix.val.ema_state)
         return stages
@@ -392,6 +403,18 @@ def inherited_history(
     That stage is the parent's last one that logged ``fork_step`` (where its checkpoint was
     taken)."""
     parent = RunFolder(parent_path)
+def _ingest_losses(stages: dict[str, StageHistory], names: list[str], named: dict, beta: float):
+    """A custom step's named losses, (stage index, name) -> (steps, values), to their stages."""
+    for (index, loss), (xs, ys) in named.items():
+        name = _stage_name(float(index), names)
+        if name is None:
+            continue
+        stage = stages.get(name)
+        if stage is None:
+            stage = stages[name] = _empty_stage(name, beta)
+        stage.losses.setdefault(loss, SmoothedSeries(beta)).extend(xs, ys)
+
+
     summary = parent.summary()
     if not summary or depth > 32:  # a lineage cycle can only come from hand-edited folders
         return None

@@ -29,6 +29,14 @@ class BatchIndependenceStage(Stage):
 
     def run(self, ctx: RunContext) -> Verdict:
         s = self.settings
+        if ctx.custom is not None:
+            from engine import custom_step
+
+            return Verdict(
+                "skip",
+                f"{custom_step.skip_reason(ctx)}: the check feeds model(x) one sample at a time, "
+                "and the step decides what a model gets",
+            )
         b = max(2, min(s.batch, len(ctx.data.train)))
         if len(ctx.data.train) < 2:
             return Verdict("skip", "needs at least two train samples")

@@ -49,7 +49,7 @@ class TrainStage(Stage):
         def periodic(step: int) -> None:
             if s.eval_every and step % s.eval_every == 0:
                 last_eval.clear()
-                last_eval.update(evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device))
+                last_eval.update(_evaluate(ctx, model, val_loader))
                 if lead:
                     ctx.log_eval(step, last_eval)
                     ctx.on_eval(step, last_eval)
@@ -85,13 +85,22 @@ class TrainStage(Stage):
         if not lead:
             return Verdict("pass", "")
         checkpoint.save(ctx.folder, model, optimizer, end_step, self.name)
-        final = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
+        final = _evaluate(ctx, model, val_loader)
         ctx.log_eval(end_step, final)
         verdict = summarize(result, final, end_step, checks, ctx.task)
         if ranks is not None:
             verdict.reason += f" (DDP: {ranks.world} processes, {ranks.backend})"
             verdict.metrics["world_size"] = ranks.world
         return verdict
+
+
+def _evaluate(ctx: RunContext, model, val_loader) -> dict:
+    """Full-val metrics; a custom training step's mean loss (``engine/custom_step.py``)."""
+    if ctx.custom is not None:
+        from engine import custom_step
+
+        return custom_step.evaluate(ctx, model, val_loader)
+    return evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
 
 
 def prepare(ctx: RunContext) -> tuple:

@@ -160,6 +160,31 @@ class LrFindSettings:
 
 
 @dataclass(frozen=True)
+class AdversarialSettings:
+    after: str = _f("l1", "the regression stage that must pass first (its generator starts here)")
+    steps: int = _f(300, "steps of critic and generator together")
+    seconds: float = _f(600.0, "wall-time guard against hangs (the budget is steps)")
+    val_every: int = _f(5, "a random val batch (its L1) every this many steps")
+    eval_every: int = _f(100, "the critic's separation on a fixed val batch every this many steps")
+    probe: int = _f(128, "val samples of the fixed batch the verdict measures on")
+    critic_width: int = _f(16, "channels of the ladder's WGAN critic")
+    critic_lr: float = _f(3e-3, "the critic's Adam learning rate (betas 0.5, 0.9)")
+    n_critic: int = _f(1, "critic updates per generator update")
+    l1_weight: float = _f(100.0, "weight of the preset's (L1) loss in the generator's objective")
+    adv_weight: float = _f(3.0, "weight of the adversarial term -D(fake)")
+    gp_weight: float = _f(10.0, "weight of the gradient penalty (WGAN-GP)")
+    diverge: float = _f(10.0, "fail when |W| or |G loss| ends this many times its start (+1)")
+    collapse: float = _f(0.25, "fail when outputs vary less than this share of real images' spread")
+    overpower: float = _f(
+        3.0, "fail when the critic still separates real from fake by this many sd at the end"
+    )
+    l1_tolerance: float = _f(1.5, "fail when val L1 grows past this multiple of the l1 stage's")
+    min_gain: float = _f(
+        0.1, "pass when pixel distance or texture gap to real images shrank by this share"
+    )
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """A stage as the preset and the engine see it."""
 
@@ -219,6 +244,18 @@ STAGES: dict[str, StageSpec] = {
             MultiGpuSettings,
             "engine.stages.multi_gpu:MultiGpuStage",
             "DDP keeps ranks identical, matches one process, and scales",
+        ),
+        StageSpec(
+            "l1",
+            GeneralizeSettings,
+            "engine.stages.adversarial:L1Stage",
+            "a generator alone with an L1/L2 loss: val loss beats the input-blind image",
+        ),
+        StageSpec(
+            "adversarial",
+            AdversarialSettings,
+            "engine.stages.adversarial:AdversarialStage",
+            "the l1 stage's generator against a WGAN-GP critic: balance, no collapse, realism",
         ),
         StageSpec(
             "lr_find",

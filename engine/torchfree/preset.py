@@ -198,12 +198,26 @@ SCHEMA: dict[str, Key] = {
     "device": Key("device", "auto", "auto | cpu | cuda | cuda:N"),
     "gpus": Key("nonneg_int", 1, "GPUs the run needs (0 = CPU); more than 1 trains under DDP"),
     "model": Key("target", None, "the model: target(**rest)"),
+    "models": Key(
+        "targets",
+        None,
+        "several models by name instead of model, e.g. {G: {_target_: ...}, D: {...}}; needs step",
+    ),
     "data": Key("target", None, "returns (train_set, val_set): target(**rest)"),
     "loss": Key(
         "target", None, "default: cross-entropy (classification, segmentation), MSE (regression)"
     ),
     "optimizer": Key(
         "target", {"_target_": "torch.optim.Adam", "lr": 1e-3}, "target(model.parameters(), **rest)"
+    ),
+    "optimizers": Key(
+        "targets", None, "one optimizer per name of models (a name not listed gets optimizer)"
+    ),
+    "step": Key(
+        "target",
+        None,
+        "your own training step: target(models, batch, optimizers=None, **rest) returns the "
+        "losses (docs/custom-step.md)",
     ),
     "scheduler": Key(
         "target", None, "optional LR schedule, target(optimizer, **rest), stepped every batch"
@@ -348,6 +362,13 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
         )
     if c == "section":
         return None if isinstance(value, dict) else "a mapping"
+    if c == "targets":
+        ok = isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values())
+        return (
+            None
+            if ok
+            else "a mapping of names to {_target_: ...} mappings, e.g. {G: {_target_: mytask.G}}"
+        )
     raise AssertionError(c)
 
 
@@ -659,6 +680,18 @@ def validate(preset: Preset) -> None:
             _check_target(preset, key, value)
             if key == "optimizer":
                 _check_optimizer_args(preset, value)
+        if spec.check == "targets" and value is not None:
+            for name, entry in value.items():
+                _check_target(preset, f"{key}.{name}", entry)
+            models = data.get("models") or {}
+            extra = [str(n) for n in value if key == "optimizers" and n not in models]
+            if extra:
+                raise preset.error(
+                    f"optimizers.{extra[0]}",
+                    f"optimizers.{extra[0]} names no model of models"
+                    f"{_suggest(extra[0], [str(m) for m in models])}; optimizers are keyed by "
+                    f"the names of models ({', '.join(map(str, models)) or 'none'}).",
+                )
         if spec.check == "section" and value is not None:
             fields = {f.name: f for f in dataclasses.fields(SECTIONS[key])}
             _check_settings(preset, key, value, fields)
@@ -684,8 +717,12 @@ def validate(preset: Preset) -> None:
                             f"ablation {i + 1} sets '{dotted}', but '{top}' is not a preset key"
                             f"{_suggest(top, [*SCHEMA, *STAGES])}",
                         )
+    if data.get("models") is not None and data.get("model") is not None:
+        raise preset.error(
+            "models", "the preset has both model and models; keep one (models: for several)."
+        )
     for key in REQUIRED:
-        if data.get(key) is None:
+        if data.get(key) is None and not (key == "model" and data.get("models") is not None):
             raise PresetError(
                 f"{preset.path}: the preset has no '{key}'; add e.g. "
                 f"{key}: {{_target_: mytask.{'MLP' if key == 'model' else 'make_data'}}}."

@@ -39,6 +39,8 @@ FULL_VAL = (230, 230, 230)
 PARENT_RAW, PARENT = (78, 78, 78), (150, 150, 150)
 FORK_LINE = (110, 110, 110)
 METRIC_COLORS = [(152, 195, 121), (198, 120, 221), (86, 182, 194), (224, 108, 117), (229, 192, 123)]
+LOSS_COLORS = [(224, 108, 117), (86, 182, 194), (229, 192, 123), (198, 120, 221)]
+"""A custom step's named losses (G, D, ...), drawn smoothed under the metrics."""
 Y_AXIS_CELLS = 8
 """Columns the y tick labels and the frame take from a plot's width."""
 
@@ -205,12 +207,17 @@ def loss_figure(stage: StageHistory, buckets: int, log: bool) -> Figure:
     return figure
 
 
-def metric_figure(stage: StageHistory) -> Figure:
+def metric_figure(stage: StageHistory, buckets: int = 200) -> Figure:
+    """Full-val metrics, and a custom step's named losses (losses.bin: a GAN's G and D)."""
     figure = Figure()
     for i, name in enumerate(stage.metric_names()):
         xs, ys = stage.eval_series(name)
         if xs:
             figure.lines.append(Line(xs, ys, METRIC_COLORS[i % len(METRIC_COLORS)]))
+    for i, series in enumerate(stage.losses.values()):
+        line = series_line(series, True, buckets, LOSS_COLORS[i % len(LOSS_COLORS)], False)
+        if line:
+            figure.lines.append(line)
     if stage.fork_step is not None:
         figure.vlines.append(stage.fork_step)
     return figure
@@ -318,10 +325,11 @@ class MetricPlot(StagePlot):
     unit_range = True
 
     def figure(self, stage: StageHistory, width: int) -> Figure:
-        return metric_figure(stage)
+        return metric_figure(stage, buckets_for(width, self.settings))
 
     def data_key(self, stage: StageHistory) -> tuple:
-        return (len(stage.evals), step_range(stage))
+        named = tuple(len(s) for s in stage.losses.values())
+        return (len(stage.evals), step_range(stage), named)
 
 
 def swatch(color: tuple[int, int, int], label: str, glyph: str = "━") -> Text:
@@ -354,6 +362,10 @@ def metric_legend(stage: StageHistory | None) -> Text:
         if ys:
             label = f"{METRIC_SHORT.get(name, name)} {number(ys[-1], 3)} @ {count(xs[-1])}"
             text += swatch(METRIC_COLORS[i % len(METRIC_COLORS)], label)
+    for i, (name, series) in enumerate(stage.losses.items()):
+        text += swatch(
+            LOSS_COLORS[i % len(LOSS_COLORS)], f"{name} {number(series.smoothed_last())}"
+        )
     return text
 
 
