@@ -587,3 +587,87 @@ def test_classes_imbalanced_above_the_ratio(workspace, extra, status):
     assert got["status"] == status, got
     if status == "warn":
         assert f"({big / small:.1f}×)" in got["detail"] and "class 0 has" in got["detail"]
+
+
+# ---------------------------------------------------------------- batch leak
+# engine/stages/batch_independence.py: a leak (another sample's gradient relative to the
+# sample's own) above BatchIndependenceSettings.tolerance fails gradient_isolation.
+
+
+@pytest.mark.parametrize(("factor", "status"), [(0.8, "pass"), (1.25, "fail")])
+def test_a_batch_leak_fails_just_above_the_tolerance(workspace, factor, status):
+    from engine.torchfree.ladder import BatchIndependenceSettings
+
+    s = BatchIndependenceSettings()
+    rel = s.tolerance * factor
+    k = rel / (1 - rel)  # leak/own = k / (1 + k), k = mix / batch
+    overrides = {"model": {"_target_": "edges.BatchMix", "mix": k * s.batch}}
+    _code, summary, _ = run_inprocess(
+        BLOBS, workspace, overrides=overrides, stages=["batch_independence"]
+    )
+    rec = stage(summary, "batch_independence")
+    assert rec["metrics"]["leak"] == pytest.approx(rel, rel=1e-3)
+    got = check(rec, "gradient_isolation")
+    assert got["status"] == status, got
+    if status == "fail":
+        assert "depends on sample" in got["detail"]
+
+
+# ---------------------------------------------------------------- overfit reach
+# engine/stages/overfit.py: memorised once the loss is within OverfitSettings.reach of its
+# floor, as a fraction of the start's distance to it. The training loop is replaced by one
+# that replays a curve of known losses through the stage's own stop rule.
+
+
+def _overfit(workspace, monkeypatch, losses: list[float]) -> dict:
+    import engine.stages.overfit as overfit
+    from engine.loop import LoopResult, Row
+
+    def fake_loop(ctx, model, optimizer, batches, *, steps, until=None, **kw):
+        result = LoopResult()
+        for i, loss in enumerate(losses[:steps]):
+            row = Row(
+                step=i + 1,
+                time=0.0,
+                train_loss=loss,
+                val_loss=math.nan,
+                data_s=0.0,
+                step_s=0.01,
+                gpu_s=math.nan,
+                lr=1e-2,
+            )
+            result.rows.append(row)
+            if until is not None and until(row):
+                result.stopped = "target"
+                break
+        result.seconds = 0.01 * len(result.rows)
+        return result
+
+    monkeypatch.setattr(overfit, "train_loop", fake_loop)
+    more = {"overfit_one.floor": 0.0, "overfit_one.steps": len(losses)}
+    _code, summary, _ = run_inprocess(BLOBS, workspace, overrides=more, stages=["overfit_one"])
+    return stage(summary, "overfit_one")
+
+
+def test_overfit_passes_at_exactly_its_reach(workspace, monkeypatch):
+    from engine.torchfree.ladder import OverfitSettings
+
+    reach = OverfitSettings().reach
+    curve = [1.0, 0.5, 0.2, 0.1, 0.05, reach]  # start 1.0, floor 0: the target is `reach`
+    rec = _overfit(workspace, monkeypatch, curve)
+    got = check(rec, "loss_reaches_zero")
+    assert got["status"] == "pass", got
+    assert got["detail"].startswith("memorised one sample")
+    assert rec["metrics"]["steps"] == len(curve)
+
+
+def test_overfit_does_not_pass_just_short_of_its_reach(workspace, monkeypatch):
+    from engine.torchfree.ladder import OverfitSettings
+
+    reach = OverfitSettings().reach
+    flat = [1.0, 0.5, 0.2, 0.1, 0.05] + [reach * 1.05] * 40  # stalls just above the target
+    rec = _overfit(workspace, monkeypatch, flat)
+    got = check(rec, "loss_reaches_zero")
+    assert got["status"] != "pass", got
+    assert rec["status"] != "pass"
+    assert rec["metrics"]["steps"] == len(flat)  # never stopped early: the target was not met

@@ -85,3 +85,17 @@ class ConstantLogits(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+
+class BatchMix(torch.nn.Module):
+    """A linear model that mixes a little of the batch mean into every sample:
+    ``fc(x + mix * x.mean(0))``. Sample i's output then depends on sample j's input with a
+    gradient exactly ``(mix / b) / (1 + mix / b)`` times its own (b the batch size)."""
+
+    def __init__(self, in_dim: int = 16, classes: int = 4, mix: float = 0.0):
+        super().__init__()
+        self.fc = torch.nn.Linear(in_dim, classes)
+        self.mix = mix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + self.mix * x.mean(0, keepdim=True))
