@@ -176,8 +176,6 @@ def attach(ctx: Any, request: dict) -> MedianPruner | None:
         ctx.stop.request(pruned=decision.to_json())
 
     peers = GroupPeers(ctx.folder.path.parent, group, ctx.folder.run_id)
-    pruner = MedianPruner(
-        settings, peers, HIGHER_IS_BETTER[settings.metric], stop
-    )
+    pruner = MedianPruner(settings, peers, HIGHER_IS_BETTER[settings.metric], stop)
     ctx.eval_listeners.append(pruner)
     return pruner
