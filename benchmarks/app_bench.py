@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from cockpit.app.history import SmoothedSeries, StageHistory  # noqa: E402
 from cockpit.app.settings import ViewSettings  # noqa: E402
 from cockpit.app.widgets.curves import buckets_for, loss_figure, step_range  # noqa: E402
+from cockpit.app.widgets.plot import matrix_strips  # noqa: E402
 from engine.torchfree.runfolder import (  # noqa: E402
     STEP_COLUMNS,
     JsonlAppender,
@@ -57,6 +58,8 @@ from engine.torchfree.runfolder import (  # noqa: E402
 )
 
 PLOT_W, PLOT_H = 120, 30
+SETTLE_S = 8.0
+"""Seconds an app runs before its CPU is measured (a loaded machine starts it slowly)."""
 
 
 def loss(step: int) -> float:
@@ -103,13 +106,16 @@ def stage_with(n: int) -> StageHistory:
 
 
 def build_decimated(stage: StageHistory) -> None:
+    """What the app does for a rebuild: decimate, lay out the frame in plotext, rasterize
+    the data into it, turn the matrix into strips."""
     from textual_plotext.plot import Plot
 
     settings = ViewSettings()
     plt = Plot()
     plt.plotsize(PLOT_W, PLOT_H)
-    loss_figure(stage, buckets_for(PLOT_W, settings), log=False).plot(plt, "braille", log=False)
-    plt.build()
+    figure = loss_figure(stage, buckets_for(PLOT_W, settings), log=False)
+    overlay = figure.plot(plt, "braille", log=False, x_range=step_range(stage))
+    matrix_strips(plt, overlay)
 
 
 def look(stage: StageHistory) -> None:
@@ -126,7 +132,7 @@ def build_raw(n: int) -> None:
     plt.plotsize(PLOT_W, PLOT_H)
     xs = list(range(n))
     plt.plot(xs, [loss(x) for x in xs], marker="braille")
-    plt.build()
+    matrix_strips(plt)  # the same matrix-to-strips step as the app's
 
 
 def bench_curves() -> None:
@@ -506,7 +512,7 @@ def bench_cpu(
     for r in range(repeats):
         for name, tree in trees.items():
             idle = Terminal(tree, empty, cols, rows_)
-            time.sleep(4)
+            time.sleep(SETTLE_S)  # past the start (imports, first scan, first samples)
             add(name, "idle", idle.share(seconds))
             idle.close()
 
@@ -520,7 +526,7 @@ def bench_cpu(
                 writer.start()
                 time.sleep(1.0)
                 watching = Terminal(tree, live, cols, rows_)
-                time.sleep(4)
+                time.sleep(SETTLE_S)
                 if not history:
                     add(name, "list", watching.share(seconds))
                 os.write(watching.master, b"\r")  # open the first run: its curves, live

@@ -16,12 +16,13 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import accumulate, pairwise
 from pathlib import Path
 
 from cockpit.app.envelope import Envelope, numpy
-from engine.torchfree.runfolder import STEP_COLUMNS, JsonlTail, RunFolder, read_json
 from engine.torchfree.losses import LossesTail
+from engine.torchfree.runfolder import STEP_COLUMNS, JsonlTail, RunFolder, read_json
 
 EVAL_SKIP = ("step", "time", "stage", "val_loss", "val_loss_se")
 """Keys of an evals.jsonl row that are not full-val metrics to draw."""
@@ -94,14 +95,22 @@ def finite_only(xs: Sequence[float], ys: Sequence[float]) -> tuple:
     np = numpy()
     xs = np.asarray(xs, dtype=np.float64)
     ys = np.asarray(ys, dtype=np.float64)
-    keep = np.isfinite(ys) & np.isfinite(xs)
-    if keep.all():
+    if math.isfinite(float(xs.sum()) + float(ys.sum())):  # one NaN or inf poisons a sum
         return xs, ys
+    keep = np.isfinite(ys) & np.isfinite(xs)
     return xs[keep], ys[keep]
 
 
 EMA_BLOCK = 1024
 """Points per block of the vectorised EMA (see ``debiased_ema``)."""
+
+
+@lru_cache(maxsize=32)
+def _ema_weights(beta: float, size: int) -> tuple:
+    """beta**-k, (1 - beta) * beta**k and beta**(k + 1) for k < size."""
+    np = numpy()
+    k = np.arange(size, dtype=np.float64)
+    return beta**-k, (1.0 - beta) * beta**k, beta ** (k + 1)
 
 
 def debiased_ema(ys: Sequence[float], beta: float, state: tuple[float, int]) -> tuple:
@@ -111,7 +120,8 @@ def debiased_ema(ys: Sequence[float], beta: float, state: tuple[float, int]) -> 
     first points from being pulled towards zero. Vectorised: within a block of ``B`` points
     the average is ``(1 - beta) * beta**t * cumsum(y_k * beta**-k)`` plus what the previous
     block carried in, ``beta**(t + 1) * carry``; only the carries (one per block) are chained
-    in Python. ``B`` keeps ``beta**-B`` far from overflowing."""
+    in Python. ``B`` keeps ``beta**-B`` far from overflowing; values so large that it would
+    anyway take the exact loop."""
     np = numpy()
     ema, seen = state
     ys = np.asarray(ys, dtype=np.float64)
@@ -122,18 +132,21 @@ def debiased_ema(ys: Sequence[float], beta: float, state: tuple[float, int]) -> 
         return ys.copy(), (float(ys[-1]), seen + n)
     keep = 1.0 - beta
     size = max(1, min(EMA_BLOCK, int(300.0 / -math.log(beta))))
-    blocks = -(-n // size)
-    padded = np.zeros(blocks * size)
-    padded[:n] = ys
-    k = np.arange(size, dtype=np.float64)
-    up, down = beta**-k, beta**k
-    with np.errstate(over="ignore", invalid="ignore"):
-        local = np.cumsum(padded.reshape(blocks, size) * up, axis=1) * (keep * down)
+    up, down, carry_in = _ema_weights(beta, size)
+    peak = max(float(ys.max()), -float(ys.min()), abs(ema))
+    if peak * float(up[-1]) < 1e300:
+        blocks = -(-n // size)
+        work = np.zeros((blocks, size))
+        work.reshape(-1)[:n] = ys
+        np.multiply(work, up, out=work)
+        np.cumsum(work, axis=1, out=work)
+        np.multiply(work, down, out=work)
         # the average entering each block: chained in Python, one multiply-add per block
-        lasts = local[:, -1].tolist()
+        lasts = work[:, -1].tolist()
         carries = list(accumulate(lasts[:-1], lambda c, v: beta**size * c + v, initial=ema))
-        out = (local + np.outer(carries, beta * down)).reshape(-1)[:n]
-    if not np.isfinite(out).all():  # values near the float range: the exact loop instead
+        work += np.multiply.outer(np.array(carries), carry_in)
+        out = work.reshape(-1)[:n]
+    else:  # values near the float range (a diverged run): the exact loop
         out = np.array(
             list(accumulate(ys.tolist(), lambda e, v: beta * e + keep * v, initial=ema))[1:]
         )
@@ -203,6 +216,8 @@ class StageHistory:
     inherited: StageHistory | None = None
     """A warm fork's parent's history of this stage, up to ``fork_step``."""
     fork_step: float | None = None
+    losses: dict[str, SmoothedSeries] = field(default_factory=dict)
+    """A custom training step's named losses (losses.bin), e.g. a GAN's G and D."""
 
     @property
     def steps(self) -> int:
@@ -216,8 +231,6 @@ class StageHistory:
                 for key, value in row.items():
                     if key not in EVAL_SKIP and isinstance(value, (int, float)):
                         names[key] = None
-    losses: dict[str, SmoothedSeries] = field(default_factory=dict)
-    """A custom training step's named losses (losses.bin), e.g. a GAN's G and D."""
         return list(names)
 
     def eval_series(self, key: str) -> tuple[list[float], list[float]]:
@@ -247,6 +260,7 @@ class RunHistory:
         self.stage_names: list[str] = []
         self._steps = StepsReader(folder.file("steps.bin"))
         self._evals = JsonlTail(folder.file("evals.jsonl"))
+        self._losses = LossesTail(folder.path)
         self._wanted_beta = beta
 
     @property
@@ -260,7 +274,6 @@ class RunHistory:
     def latest_stage(self) -> str | None:
         """The last stage (in ladder order) that logged steps or evals."""
         names = self.stages_with_data()
-        self._losses = LossesTail(folder.path)
         return names[-1] if names else None
 
     def stages_with_data(self) -> list[str]:
@@ -285,6 +298,8 @@ class RunHistory:
             names = list(summary.get("stage_names") or [])
             stages = self._fresh_stages(names, summary, beta)
             _ingest(stages, names, steps.read_new(), evals.read_new(), beta)
+            losses = LossesTail(self.folder.path)
+            _ingest_losses(stages, names, losses.read_new(), beta)
             with self.lock:
                 self._steps, self._evals, self._losses, self.beta = steps, evals, losses, beta
                 self.stage_names, self.stages = names, stages
@@ -298,8 +313,6 @@ class RunHistory:
             if math.isfinite(top) and int(top) >= len(names):  # stage names came late
                 names = list(self.folder.summary().get("stage_names") or names)
             with self.lock:
-            losses = LossesTail(self.folder.path)
-            _ingest_losses(stages, names, losses.read_new(), beta)
                 self.stage_names = names
                 _ingest(self.stages, names, [cols], [], self.beta)
         evals = self._evals.read_new()
@@ -307,6 +320,11 @@ class RunHistory:
             changed = True
             with self.lock:
                 _ingest(self.stages, names, [], evals, self.beta)
+        named = self._losses.read_new()
+        if named:
+            changed = True
+            with self.lock:
+                _ingest_losses(self.stages, names, named, self.beta)
         return changed
 
     def _fresh_stages(
@@ -320,11 +338,6 @@ class RunHistory:
             if prefix is not None and prefix.name in stages:
                 own = stages[prefix.name]
                 own.inherited, own.fork_step = prefix, float(fork_step)
-        named = self._losses.read_new()
-        if named:
-            changed = True
-            with self.lock:
-                _ingest_losses(self.stages, names, named, self.beta)
                 own.train = SmoothedSeries(beta, prefix.train.ema_state)
                 own.val = SmoothedSeries(beta, prefix.val.ema_state)
         return stages
@@ -390,6 +403,18 @@ def _ingest(
         stage.evals.append(row)
 
 
+def _ingest_losses(stages: dict[str, StageHistory], names: list[str], named: dict, beta: float):
+    """A custom step's named losses, (stage index, name) -> (steps, values), to their stages."""
+    for (index, loss), (xs, ys) in named.items():
+        name = _stage_name(float(index), names)
+        if name is None:
+            continue
+        stage = stages.get(name)
+        if stage is None:
+            stage = stages[name] = _empty_stage(name, beta)
+        stage.losses.setdefault(loss, SmoothedSeries(beta)).extend(xs, ys)
+
+
 def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0
 
@@ -403,18 +428,6 @@ def inherited_history(
     That stage is the parent's last one that logged ``fork_step`` (where its checkpoint was
     taken)."""
     parent = RunFolder(parent_path)
-def _ingest_losses(stages: dict[str, StageHistory], names: list[str], named: dict, beta: float):
-    """A custom step's named losses, (stage index, name) -> (steps, values), to their stages."""
-    for (index, loss), (xs, ys) in named.items():
-        name = _stage_name(float(index), names)
-        if name is None:
-            continue
-        stage = stages.get(name)
-        if stage is None:
-            stage = stages[name] = _empty_stage(name, beta)
-        stage.losses.setdefault(loss, SmoothedSeries(beta)).extend(xs, ys)
-
-
     summary = parent.summary()
     if not summary or depth > 32:  # a lineage cycle can only come from hand-edited folders
         return None

@@ -10,16 +10,20 @@ from itertools import accumulate
 
 import numpy as np
 import pytest
+from rich.segment import Segment
+from textual.geometry import Region
+from textual.strip import Strip
 from textual_plotext.plot import Plot
 
 from cockpit.app.history import RunHistory, StepsReader, debiased_ema
-from cockpit.app.messages import RunsUpdated
+from cockpit.app.messages import DeviceSample, RunsUpdated
 from cockpit.app.watcher import WorkspaceWatcher, created_hint
-from cockpit.app.widgets.curves import Figure, Line
+from cockpit.app.widgets.curves import Figure, Line, buckets_for
 from cockpit.app.widgets.gpu_panel import binned
 from cockpit.app.widgets.plot import (
     Series,
     anchor_axes,
+    changed_rows,
     raster,
     set_step_axis,
     set_value_axis,
@@ -108,6 +112,17 @@ def test_the_dot_key_changes_only_when_a_dot_would_move():
     assert key([*xs, xs[3]], [*ys, ys[3]], points=True) == key(xs, ys, points=True)
 
 
+def test_a_rebuild_repaints_only_the_rows_that_changed():
+    def strips(*texts):
+        return [Strip([Segment(t)]) for t in texts]
+
+    before = strips("a", "b", "c", "d", "e")
+    after = strips("a", "B", "C", "d", "E")
+    assert changed_rows(before, after, 30) == [Region(0, 1, 30, 2), Region(0, 4, 30, 1)]
+    assert changed_rows(before, before, 30) == []
+    assert changed_rows(before, strips("a", "b"), 30) == [Region(0, 2, 30, 3)]
+
+
 def test_gpu_panel_bins_are_fixed_in_time_and_only_finished_ones_show():
     width = 600.0 / 100
     points = [(1000.0 + t, float(t)) for t in range(0, 60)]
@@ -117,6 +132,25 @@ def test_gpu_panel_bins_are_fixed_in_time_and_only_finished_ones_show():
     xs2, ys2 = binned(points, 100, now=1060.0)
     assert ys2 == ys and xs2 == pytest.approx([x - 0.5 for x in xs])
     assert all(x % width == pytest.approx(width / 2) for x in (x + 1059.5 for x in xs))
+
+
+def test_gpu_samples_inside_a_slice_cost_no_redraw():
+    from cockpit.app.settings import ViewSettings
+    from cockpit.app.widgets.gpu_panel import DevicePlot
+
+    now = [6000.5]
+    plot = DevicePlot(ViewSettings(), clock=lambda: now[0])
+    plot.samples = tuple(DeviceSample(t, (), 30.0) for t in range(5400, 6001))
+    drawn = plot.visible_key()
+    plot.samples += (DeviceSample(6000.9, (), 99.0),)  # into the slice still filling
+    now[0] = 6001.0
+    assert plot.visible_key() == drawn
+    span = 600 / buckets_for(plot.size.width, plot.settings)  # one dot column of time
+    now[0] = 6000.5 + 2 * span  # two slices on: the picture moves
+    assert plot.visible_key() != drawn
+    moved = plot.visible_key()
+    plot.samples = (DeviceSample(5399.5, (), 1.0), *plot.samples)  # a late one, in a drawn slice
+    assert plot.visible_key() != moved
 
 
 # ---- the history reader -------------------------------------------------------------------

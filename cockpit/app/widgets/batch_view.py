@@ -15,7 +15,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from cockpit.show import Line, draw_batch, load
-from engine.torchfree.runfolder import RunFolder
+from engine.torchfree.runfolder import FINAL, RunFolder
 
 RETRY_S = 2.0
 
@@ -49,6 +49,8 @@ class BatchView(Static):
         self.loaded = False
         self._timer = None
         self._width = 0
+        self._waiting: str | None = None
+        """The run's status shown in the 'no batch yet' note (repainted only when it changes)."""
 
     def on_mount(self) -> None:
         self.load()
@@ -63,6 +65,12 @@ class BatchView(Static):
         snaps = load(self.folder)
         if not snaps:
             status = self.folder.state().get("status", "?")
+            if status in FINAL and self._timer is not None:  # it will never write one now
+                self._timer.stop()
+                self._timer = None
+            if status == self._waiting:  # a retry that found nothing new costs no layout
+                return
+            self._waiting = status
             self.update(
                 Text(
                     "no batch yet: the engine writes the first train and val batch when the run "

@@ -2,7 +2,7 @@
 
 ``PlotextPlot`` rebuilds the whole plot on every repaint and hands Textual an ANSI string
 to parse. Here a build happens only when the size, the theme or the plot's ``revision``
-changed; new data bumps the revision at most twice a second (``request_redraw``; every two
+changed; new data bumps the revision at most every 0.75 s (``request_redraw``; every two
 seconds while the terminal is not focused), so a burst of steps costs one rebuild — and
 only if what the plot would show changed at the resolution of its dots (``visible_key``:
 the decimated points rounded to the plot's pixel grid, its ticks and colours): a step that
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.timer import Timer
 from textual.widget import Widget
@@ -31,8 +32,9 @@ from textual.widget import Widget
 if TYPE_CHECKING:
     from textual_plotext.plot import Plot
 
-MIN_REDRAW_S = 0.5
-"""At most two data-driven rebuilds per second per plot."""
+MIN_REDRAW_S = 0.75
+"""At most one data-driven rebuild per 0.75 s per plot: with histories polled every 0.25 s
+(watcher.py), a new point is drawn within a second of reaching the disk."""
 UNFOCUSED_REDRAW_S = 2.0
 """The throttle while the terminal reports that it lost focus (another window in front)."""
 VERTICAL_PIXELS = {"braille": 4, "hd": 2, "dot": 1}
@@ -135,6 +137,21 @@ def raster(matrix, series: Sequence[Series], box: tuple[float, float, float, flo
             row, col = r0 + c // cols, c0 + c % cols
             marker_rows[row][col] = glyphs[mask]
             fg_rows[row][col] = line.color
+
+
+def changed_rows(before: list[Strip], after: list[Strip], width: int) -> list[Region]:
+    """The rows that differ between two builds, as regions of consecutive rows."""
+    regions = []
+    start = None
+    for y in range(max(len(before), len(after)) + 1):
+        same = y < len(before) and y < len(after) and before[y] == after[y]
+        if y >= max(len(before), len(after)) or same:
+            if start is not None:
+                regions.append(Region(0, start, width, y - start))
+                start = None
+        elif start is None:
+            start = y
+    return regions
 
 
 def anchor_axes(plt: Plot, box: tuple[float, float, float, float]) -> None:
@@ -304,9 +321,17 @@ class CachedPlot(Widget):
                 self.skipped += 1
                 return
             self._looked = key
-        else:
-            self.invalidate()
-            self._looked = None
+            self.revision += 1
+            # built at this size before: build now and repaint only the rows that changed (a
+            # live curve grows at its right end: most rows of the plot stay as they were)
+            before = self._strips
+            self._build()
+            regions = changed_rows(before, self._strips, self.size.width)
+            if regions:
+                self.refresh(*regions)
+            return
+        self.invalidate()
+        self._looked = None
         self.revision += 1
         self.refresh()
 
