@@ -1,0 +1,533 @@
+"""The Slurm launcher (cockpit/launchers/slurm.py, engine/torchfree/slurm.py, docs/slurm.md).
+
+Two halves:
+- units that need no Slurm: parsing squeue/sacct output, how a summary and its job combine
+  (every end Slurm can give a job), the workspace's launcher settings, the sbatch command line;
+- end-to-end tests against the real single-node Slurm that tests/slurm/setup.sh brings up
+  (.ci/run calls it): submit, watch queued -> running with the node -> passed, an ablation of
+  three jobs, `cockpit kill` through scancel, an scancel from outside, a warm fork as another
+  job. They skip, with the reason setup.sh wrote, when there is no Slurm here.
+
+Slurm's documented behaviour the tests lean on: `squeue -t all` lists finished jobs for
+MinJobAge seconds; a cancelled job stays COMPLETING until its processes are gone (scancel's
+SIGTERM, SIGKILL after KillWait; https://slurm.schedmd.com/scancel.html), with Reason=None;
+a held job (`sbatch --hold`) pends with Reason=JobHeldUser until `scontrol release`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cockpit.args import UsageError
+from cockpit.launchers import choose, parse_slurm_args
+from cockpit.launchers import slurm as launcher
+from engine.torchfree import slurm
+from engine.torchfree.runfolder import RunFolder
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("COCKPIT_SLURM_STATE", "/tmp/cockpit-slurm"))
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_squeue_lines_parse_into_jobs_and_junk_is_skipped():
+    text = (
+        "12|PENDING|Resources||2:00:00\n"
+        "13|RUNNING|None|node[01-02]|UNLIMITED\n"
+        "garbage line\n"
+        "14|CANCELLED by 1000|None|node03|1:00\n"
+    )
+    jobs = slurm.parse_squeue(text)
+    assert set(jobs) == {"12", "13", "14"}
+    assert jobs["12"].state == "PENDING" and jobs["12"].reason == "Resources"
+    assert jobs["13"].nodes == "node[01-02]" and jobs["13"].reason == ""
+    assert jobs["14"].state == "CANCELLED"
+
+
+def test_sacct_lines_skip_job_steps():
+    text = "20|TIMEOUT|0:15|gpu07|00:10:00\n20.batch|CANCELLED|0:15|gpu07|\n21|FAILED|1:0|gpu08|\n"
+    jobs = slurm.parse_sacct(text)
+    assert set(jobs) == {"20", "21"}
+    assert jobs["20"].state == "TIMEOUT" and jobs["20"].time_limit == "00:10:00"
+    assert jobs["21"].exit_code == "1:0"
+    assert "exit code 1:0" in jobs["21"].words()
+
+
+def test_scontrol_show_job_parses_keys():
+    text = "JobId=5 JobName=wrap\n   JobState=TIMEOUT Reason=TimeLimit Dependency=(null)\n"
+    info = slurm.parse_scontrol(text)
+    assert info["JobState"] == "TIMEOUT" and info["Reason"] == "TimeLimit"
+
+
+# ---------------------------------------------------------------- summary + job
+
+
+REC = {"job_id": "42", "submitted": 0.0}
+
+
+def _live(status="running", **kw):
+    return {"run_id": "r", "status": status, "stages": [], **kw}
+
+
+def test_pending_job_shows_queued_with_slurm_reason():
+    job = slurm.Job("42", "PENDING", "Priority")
+    s, news = slurm.overlay(_live("running"), REC, job, True)  # requeued after a preemption
+    assert s["status"] == "queued" and s["queue"] == "Slurm job 42 pending (Priority)"
+    assert not news
+
+
+def test_running_job_keeps_the_engines_status_and_names_the_node():
+    job = slurm.Job("42", "RUNNING", "", "gpu07")
+    s, news = slurm.overlay(_live("queued"), REC, job, True)
+    assert s["status"] == "queued" and s["node"] == "gpu07" and not news
+    assert s["queue"] == "Slurm job 42 starting on gpu07"
+    s, _ = slurm.overlay(_live("running"), REC, slurm.Job("42", "COMPLETING", "", "gpu07"), True)
+    assert s["status"] == "running"  # its processes are still stopping: not over yet
+
+
+@pytest.mark.parametrize(
+    "state, status, words",
+    [
+        ("TIMEOUT", "killed", "stopped at its time limit (1:00:00)"),
+        ("CANCELLED", "killed", "cancelled (scancel)"),
+        ("PREEMPTED", "killed", "preempted"),
+        ("NODE_FAIL", "error", "node failure"),
+        ("OUT_OF_MEMORY", "error", "out of memory"),
+        ("FAILED", "error", "failed"),
+        ("COMPLETED", "error", "ended without the engine recording an end"),
+    ],
+)
+def test_a_job_that_ended_while_the_folder_says_running_ends_with_slurms_reason(
+    state, status, words
+):
+    job = slurm.Job("42", state, "", "gpu07", "1:00:00")
+    s, news = slurm.overlay(_live("running", current_stage="train"), REC, job, True, now=100.0)
+    assert news  # worth writing back: Slurm forgets the job after MinJobAge
+    assert s["status"] == status and words in s["reason"] and "42" in s["reason"]
+    assert s["slurm_state"] == state and s["ended"] == 100.0 and s["current_stage"] is None
+
+
+def test_an_engine_that_wrote_killed_gets_slurms_reason_in_front():
+    s, news = slurm.overlay(
+        _live("killed", reason="stopped during train"), REC, slurm.Job("42", "TIMEOUT"), True
+    )
+    assert news and s["status"] == "killed"
+    assert s["reason"] == "Slurm job 42 stopped at its time limit; stopped during train"
+    done, news = slurm.overlay(_live("passed"), REC, slurm.Job("42", "COMPLETED"), True)
+    assert news and done["status"] == "passed" and done["slurm_state"] == "COMPLETED"
+    again, news = slurm.overlay(s, REC, slurm.Job("42", "TIMEOUT"), True)
+    assert not news and again["reason"] == s["reason"]  # added once only
+
+
+def test_slurm_not_answering_changes_nothing():
+    s, news = slurm.overlay(_live("running"), REC, None, False)
+    assert s["status"] == "running" and not news
+
+
+def test_a_job_slurm_forgot_while_the_folder_is_live_is_an_error():
+    s, news = slurm.overlay(_live("running"), {"job_id": "42", "submitted": 0.0}, None, True, 1e9)
+    assert news and s["status"] == "error" and "no longer knows job 42" in s["reason"]
+    fresh, news = slurm.overlay(
+        _live("queued"), {"job_id": "42", "submitted": 99.0}, None, True, 100
+    )
+    assert fresh["status"] == "queued" and not news  # a moment after sbatch
+
+
+def _folder(tmp_path, summary, record=REC) -> RunFolder:
+    run = tmp_path / "ws" / "r"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "run.json").write_text(json.dumps({"launcher": "slurm"}))
+    if record is not None:
+        (run / "slurm.json").write_text(json.dumps(record))
+    return RunFolder(run)
+
+
+def test_without_squeue_a_slurm_run_shows_as_written(tmp_path, monkeypatch):
+    """A login node without Slurm's tools (or a laptop reading a copied workspace): no
+    'engine process gone' for a job that runs elsewhere, no Slurm call."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    folder = _folder(tmp_path, _live("running", created=0.0))
+    assert folder.state()["status"] == "running"
+    snap = folder.snapshot()
+    assert snap.status == "running" and snap.slurm_job == "42"
+
+
+def test_a_local_run_never_asks_slurm(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(slurm, "query", lambda *a, **k: calls.append(a) or ({}, True))
+    folder = _folder(tmp_path, _live("passed"), record=None)
+    assert folder.state()["status"] == "passed" and not calls
+
+
+def test_one_squeue_call_serves_every_run_of_a_workspace(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    for i in range(5):
+        run = ws / f"r{i}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(_live("running")))
+        (run / "slurm.json").write_text(json.dumps({"job_id": str(100 + i), "submitted": 0}))
+    calls = []
+
+    def fake_query(ids, timeout=slurm.TIMEOUT_S):
+        calls.append(sorted(ids))
+        return {j: slurm.Job(j, "RUNNING", "", "n1") for j in ids}, True
+
+    monkeypatch.setattr(slurm, "query", fake_query)
+    monkeypatch.setattr(slurm, "JOBS", slurm.Jobs(ttl=60))
+    snaps = [RunFolder(ws / f"r{i}").snapshot() for i in range(5)]
+    assert [s.node for s in snaps] == ["n1"] * 5
+    assert calls == [[str(100 + i) for i in range(5)]]
+
+
+def test_the_end_slurm_reports_is_written_back(tmp_path, monkeypatch):
+    folder = _folder(tmp_path, _live("running", created=0.0))
+    monkeypatch.setattr(slurm, "JOBS", slurm.Jobs(ttl=0))
+    monkeypatch.setattr(
+        slurm, "query", lambda ids, timeout=0: ({"42": slurm.Job("42", "TIMEOUT", "", "n1")}, True)
+    )
+    assert folder.state()["status"] == "killed"
+    on_disk = json.loads(folder.file("summary.json").read_text())
+    assert on_disk["status"] == "killed" and "time limit" in on_disk["reason"]
+
+
+def test_squeue_missing_means_not_answered(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert slurm.query(["1"]) == ({}, False)
+
+
+def test_squeue_that_hangs_is_cut_off(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "squeue").write_text("#!/bin/sh\nsleep 30\n")
+    (fake / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    assert slurm.query(["1"], timeout=0.5) == ({}, False)
+
+
+# ---------------------------------------------------------------- inside the job
+
+
+def test_inside_its_job_the_engine_takes_slurms_devices_without_the_local_queue():
+    env = {"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu07", "CUDA_VISIBLE_DEVICES": "2,3"}
+    assert slurm.in_job({"launcher": "slurm"}, env)
+    assert not slurm.in_job({}, env)  # a local run started inside an salloc: the local queue
+    lease = slurm.job_lease(env)
+    assert lease.gpus == [2, 3] and lease.env == {}  # Slurm's CUDA_VISIBLE_DEVICES stays
+    assert lease.describe() == "Slurm job 77 on gpu07 (GPUs 2,3)"
+    lease.release()
+    cpu = slurm.job_lease({"SLURM_JOB_ID": "78"})
+    assert cpu.kind == "cpu" and cpu.describe() == "Slurm job 78"
+    fields = slurm.job_fields({**env, "SLURM_RESTART_COUNT": "1"})
+    assert fields == {"slurm_job": "77", "node": "gpu07", "slurm_restarts": 1}
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _ws(tmp_path, text=None) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    if text is not None:
+        (ws / "cockpit.yaml").write_text(text)
+    return ws
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch):
+    """An sbatch on PATH that prints a job id (and records its arguments)."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.args"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {log}\necho 4242\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_local_is_the_default(tmp_path):
+    assert choose(_ws(tmp_path)) == {}
+    assert choose(_ws(tmp_path, "cpu_slots: 2\n")) == {}
+
+
+def test_workspace_config_and_command_line_combine(tmp_path, fake_sbatch):
+    ws = _ws(
+        tmp_path,
+        "launcher: slurm\nslurm: {partition: gpu, time: '02:00:00', extra: [--exclusive]}\n",
+    )
+    got = choose(ws, None, ["time=0:10:00", "account=proj", "extra=--nice=5"])
+    assert got == {
+        "launcher": "slurm",
+        "slurm": {
+            "partition": "gpu",
+            "time": "0:10:00",
+            "account": "proj",
+            "extra": ["--exclusive", "--nice=5"],
+        },
+    }
+    assert choose(ws, "local") == {}  # --launcher overrides the workspace
+
+
+def test_a_fork_inherits_its_parents_launcher(tmp_path, fake_sbatch):
+    parent = {"launcher": "slurm", "slurm": {"partition": "a100"}}
+    assert choose(_ws(tmp_path), parent_request=parent)["slurm"] == {"partition": "a100"}
+    assert choose(_ws(tmp_path), "local", parent_request=parent) == {}
+
+
+@pytest.mark.parametrize(
+    "text, args, message",
+    [
+        ("launcher: kubernetes\n", [], r"expected local \(the default\) or slurm"),
+        ("launcher: slurm\nslurm: {partiton: gpu}\n", [], "did you mean 'partition'"),
+        (
+            "launcher: slurm\nslurm: {extra: [exclusive]}\n",
+            [],
+            "'exclusive' is not an sbatch option",
+        ),
+        ("launcher: slurm\nslurm: [gpu]\n", [], "must be a mapping of sbatch options"),
+        ("launcher: slurm\nslurm: {time: [1, 2]}\n", [], "time must be one value"),
+        ("launcher: [\n", [], "is not valid YAML"),
+        (None, ["time"], "expected KEY=VALUE"),
+    ],
+)
+def test_wrong_settings_are_one_sentence(tmp_path, fake_sbatch, text, args, message):
+    with pytest.raises(UsageError, match=message):
+        choose(_ws(tmp_path, text), "slurm" if text is None else None, args)
+
+
+def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path):
+    with pytest.raises(UsageError, match="--launcher slurm"):
+        choose(_ws(tmp_path), None, ["time=1:00"])
+
+
+def test_no_sbatch_on_path_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(UsageError, match="needs sbatch on PATH"):
+        choose(_ws(tmp_path), "slurm")
+
+
+def test_cli_without_sbatch_exits_2_without_a_traceback(tmp_path):
+    env = {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable),
+        "COCKPIT_WORKSPACE": str(tmp_path),
+    }
+    p = subprocess.run(
+        [sys.executable, "-m", "cockpit", "run", "tests/zoo/blobs.yaml", "--launcher", "slurm"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "needs sbatch on PATH" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not any(tmp_path.iterdir())  # nothing created for a run that cannot start
+
+
+def test_sbatch_command_line(tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    folder = RunFolder(run)
+    request = {
+        "cwd": "/home/me/proj",
+        "slurm": {"partition": "gpu", "cpus_per_task": "8", "extra": ["--exclusive"]},
+    }
+    argv = launcher.sbatch_argv(folder, request, {"gpus": 2})
+    assert "--gres=gpu:2" in argv and "--partition=gpu" in argv and "--cpus-per-task=8" in argv
+    assert "--exclusive" in argv and argv[-1].endswith("slurm.sh")
+    assert f"--output={run.resolve() / 'engine.log'}" in argv and "--chdir=/home/me/proj" in argv
+    assert not any(a.startswith("--gres") for a in launcher.sbatch_argv(folder, {}, {"gpus": 0}))
+    cpu = launcher.sbatch_argv(folder, {}, {"gpus": 1, "device": "cpu"})
+    assert not any(a.startswith("--gres") for a in cpu)
+    lane = {"group": "g1", "group_parallel": 2, "lane": 1}
+    argv = launcher.sbatch_argv(folder, lane, {"gpus": 0})
+    assert "--dependency=singleton" in argv and "--job-name=cockpit-g1-lane1" in argv
+
+
+def test_parse_slurm_args_splits_extra():
+    assert parse_slurm_args(["extra=--mem=4G --exclusive"]) == {
+        "extra": ["--mem=4G", "--exclusive"]
+    }
+
+
+def test_sbatch_refusing_the_job_marks_the_run_and_says_why(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid generic resource "
+        "(gres) specification' >&2\nexit 1\n"
+    )
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run = tmp_path / "r1"
+    run.mkdir()
+    folder = RunFolder(run)
+    folder.write_summary({"run_id": "r1", "status": "queued", "stages": []})
+    (run / "run.json").write_text(json.dumps({"launcher": "slurm"}))
+    (run / "preset.yaml").write_text("gpus: 1\n")
+    with pytest.raises(UsageError, match=r"Invalid generic resource.*set gpus: 0"):
+        launcher.submit(folder)
+    assert folder.summary()["status"] == "error"
+    assert not folder.file("slurm.json").exists()
+
+
+# ---------------------------------------------------------------- the real Slurm
+
+
+def _slurm_reason() -> str | None:
+    """Why the real Slurm cannot be used here, or None when it answers."""
+    flag = STATE / "unavailable"
+    if flag.exists():
+        return f"no Slurm: {flag.read_text().strip()} (tests/slurm/setup.sh)"
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        return "no Slurm here: run `bash tests/slurm/setup.sh` as root first"
+    try:
+        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"sinfo does not answer: {e}"
+    if not any(s in p.stdout for s in ("idle", "mixed", "allocated")):
+        return f"the Slurm node is not up: {p.stdout.strip() or p.stderr.strip()}"
+    return None
+
+
+needs_slurm = pytest.mark.skipif(_slurm_reason() is not None, reason=_slurm_reason() or "")
+
+
+def cockpit(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cockpit", *args],
+        cwd=ROOT,
+        env={**os.environ, "COCKPIT_WORKSPACE": str(ws)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ls(ws: Path) -> dict[str, dict]:
+    p = cockpit(ws, "ls", "--json")
+    assert p.returncode == 0, p.stderr
+    return {r["run_id"]: r for r in json.loads(p.stdout)}
+
+
+def wait_for(ws: Path, run_id: str, pred, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        row = ls(ws).get(run_id)
+        if row is not None:
+            seen.append(row["status"])
+            if pred(row):
+                return row
+        time.sleep(0.5)
+    raise AssertionError(f"{run_id}: condition not met in {timeout} s; statuses seen {seen[-5:]}")
+
+
+def job_of(ws: Path, run_id: str) -> str:
+    return json.loads((ws / run_id / "slurm.json").read_text())["job_id"]
+
+
+def new_runs(ws: Path, before: set[str]) -> list[str]:
+    return sorted(set(ls(ws)) - before)
+
+
+BLOBS = ["tests/zoo/blobs.yaml", "--set", "gpus=0", "--stages", "train"]
+SMALL = ["--set", "train.eval_every=5", "--set", "train.checkpoint_every=5"]
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_run_is_a_job_that_shows_queued_then_running_on_its_node_then_passed(tmp_path):
+    ws = tmp_path / "ws"
+    p = cockpit(
+        ws, "run", *BLOBS, *SMALL, "--set", "train.steps=10",
+        "--launcher", "slurm", "--slurm", "extra=--hold", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run_id,) = ls(ws)
+    job = job_of(ws, run_id)
+    row = wait_for(ws, run_id, lambda r: r["status"] == "queued" and r["queue"])
+    assert row["queue"] == f"Slurm job {job} pending (JobHeldUser)" and row["slurm_job"] == job
+    subprocess.run(["scontrol", "release", job], check=True, timeout=10)
+    row = wait_for(ws, run_id, lambda r: r["status"] != "queued")
+    assert row["status"] in ("running", "passed") and row["node"] == "localhost"
+    row = wait_for(ws, run_id, lambda r: r["status"] not in ("queued", "running"))
+    assert row["status"] == "passed", row["reason"]
+    summary = json.loads((ws / run_id / "summary.json").read_text())
+    assert summary["slurm_job"] == job and summary["node"] == "localhost"
+    assert summary["slots"] == f"Slurm job {job} on localhost"  # no local slot queue
+    assert "passed (slurm" in cockpit(ws, "ls").stdout
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_job_scancelled_from_outside_ends_killed_with_slurms_reason(tmp_path):
+    ws = tmp_path / "ws"
+    p = cockpit(ws, "run", *BLOBS, "--set", "train.steps=100000", "--launcher", "slurm", "--detach")
+    assert p.returncode == 0, p.stderr
+    (run_id,) = ls(ws)
+    job = job_of(ws, run_id)
+    wait_for(ws, run_id, lambda r: r["status"] == "running" and r["step"])
+    subprocess.run(["scancel", job], check=True, timeout=10)
+    # the engine writes `killed` as it stops; Slurm's reason joins once the job has ended
+    row = wait_for(ws, run_id, lambda r: r["slurm_state"], timeout=60)
+    assert row["status"] == "killed"
+    assert row["reason"].startswith(f"Slurm job {job} cancelled (scancel)")
+    assert row["slurm_state"] == "CANCELLED"
+    # written back: still so once Slurm has forgotten the job
+    assert "cancelled (scancel)" in json.loads((ws / run_id / "summary.json").read_text())["reason"]
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_ablation_submits_three_jobs_kill_cancels_one_and_the_best_forks_warm(tmp_path):
+    ws = tmp_path / "ws"
+    (ws).mkdir()
+    (ws / "cockpit.yaml").write_text("launcher: slurm\nslurm: {time: '00:10:00'}\n")
+    p = cockpit(
+        ws, "ablate", "presets/quickstart.yaml", "--grid", "optimizer.lr=1e-4,1e-3,3e-3",
+        "--set", "gpus=0", "--set", "train.steps=20", "--set", "data.n_train=128",
+        "--set", "data.n_val=64", *SMALL, "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    runs = sorted(ls(ws))
+    assert len(runs) == 3
+    jobs = {job_of(ws, r) for r in runs}
+    assert len(jobs) == 3  # three batch jobs
+    q = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(jobs), "-o", "%i|%l"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert sorted(q.stdout.split()) == sorted(f"{j}|10:00" for j in jobs)  # the config's time
+    victim, *others = runs
+    wait_for(ws, victim, lambda r: r["status"] == "running")
+    k = cockpit(ws, "kill", victim)
+    assert k.returncode == 0 and "killed in" in k.stdout, k.stdout + k.stderr
+    row = ls(ws)[victim]
+    assert row["status"] == "killed" and row["slurm_state"] == "CANCELLED"
+    assert f"Slurm job {job_of(ws, victim)} cancelled" in row["reason"]
+    state = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job_of(ws, victim), "-o", "%T"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert state.stdout.strip() == "CANCELLED"  # ended: its processes are gone
+    for r in others:
+        done = wait_for(ws, r, lambda r: r["status"] not in ("queued", "running"), timeout=150)
+        assert done["status"] == "passed", done["reason"]
+    f = cockpit(ws, "fork", others[0], "--warm", "--set", "train.steps=5", "--detach")
+    assert f.returncode == 0, f.stderr
+    (child,) = set(ls(ws)) - set(runs)
+    assert job_of(ws, child) not in jobs  # another job
+    done = wait_for(ws, child, lambda r: r["status"] not in ("queued", "running"), timeout=120)
+    assert done["status"] == "passed", done["reason"]
+    assert done["parent"] == others[0] and done["fork_step"] == 20 and done["node"] == "localhost"
