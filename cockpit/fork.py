@@ -21,6 +21,11 @@ from engine.torchfree.runfolder import RunFolder
 def parent_preset(parent: RunFolder) -> Preset:
     """The parent's resolved preset, reported against the parent's original file name."""
     request = parent.request()
+    if request.get("source") in ("track", "tensorboard"):
+        raise LookupError(
+            f"run {parent.run_id} was recorded by your own script (cockpit.track), not "
+            "started from a preset: there is no preset to fork; change the script instead"
+        )
     path = parent.file("preset.yaml")
     if not path.exists():
         raise LookupError(f"run {parent.run_id} has no preset.yaml to fork from")

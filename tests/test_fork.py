@@ -71,3 +71,14 @@ def test_fork_mistakes_exit_2(trained, workspace):
     assert bad_key.returncode == 2 and "did you mean 'optimizer'?" in bad_key.stderr
     for r in (unknown, bad_key):
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_recorded_by_a_script_cannot_be_forked_and_says_why(workspace):
+    import cockpit.track as track
+
+    with track.start(name="my-script", config={"lr": 0.1}, workspace=workspace) as run:
+        run.log(1, train_loss=1.0)
+    r = cockpit("fork", run.folder.run_id, "--set", "optimizer.lr=0.01", workspace=workspace)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "recorded by your own script (cockpit.track)" in r.stderr
+    assert "Traceback" not in r.stderr
