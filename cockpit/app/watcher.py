@@ -34,7 +34,9 @@ LIVENESS_S = 5.0
 TELEMETRY_BACKLOG = 128_000
 """Bytes of an old telemetry.jsonl read when a run is first seen (~10 minutes of rows)."""
 FIRST_BATCH = 40
-"""Runs read before the first partial list is posted (then 4× more before each next one)."""
+"""Runs read before the first partial list is posted (the top rows, at once)."""
+NEXT_BATCH = 1000
+"""Runs read between later partial lists (each costs the UI a pass over every row)."""
 _STAMP = re.compile(r"(\d{8}-\d{6})")
 
 
@@ -261,7 +263,7 @@ class WorkspaceWatcher:
                 if read == batch and read < len(fresh):
                     # a large workspace shows up a batch at a time instead of all at the end
                     self._post_states((read, len(fresh)))
-                    batch *= 4
+                    batch += NEXT_BATCH
         if changed or self._post_next_scan:
             self._post_next_scan = False
             self._post_states(None)
