@@ -19,13 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from engine import targets
 from engine.control import StopFlag
 from engine.data import EpochIterator, ForeverSampler
+from engine.errors import UserCodeError  # the user's mistakes; defined below custom_step
 from engine.torchfree.preset import Preset
 from engine.torchfree.runfolder import RunFolder, StepsAppender
 from engine.torchfree.tasks import DEFAULT_LOSS
-
-
-class UserCodeError(Exception):
-    """The user's data or model broke in a way a stage can name; exit 1, reason in the stage."""
 
 
 class WaitMeter:

@@ -30,11 +30,11 @@ class BatchIndependenceStage(Stage):
     def run(self, ctx: RunContext) -> Verdict:
         s = self.settings
         if ctx.custom is not None:
-            from engine import custom_step
+            from engine.stages import custom
 
             return Verdict(
                 "skip",
-                f"{custom_step.skip_reason(ctx)}: the check feeds model(x) one sample at a time, "
+                f"{custom.skip_reason(ctx)}: the check feeds model(x) one sample at a time, "
                 "and the step decides what a model gets",
             )
         b = max(2, min(s.batch, len(ctx.data.train)))

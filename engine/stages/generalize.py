@@ -47,9 +47,9 @@ class GeneralizeStage(Stage):
 
     def run(self, ctx: RunContext) -> Verdict:
         if ctx.custom is not None:  # the full-val loss must fall; no input-blind baseline
-            from engine import custom_step
+            from engine.stages import custom
 
-            return custom_step.generalize_stage(self, ctx)
+            return custom.generalize_stage(self, ctx)
         s = self.settings
         model = ctx.build_model()
         optimizer = ctx.build_optimizer(model)

@@ -57,9 +57,9 @@ class InitStage(Stage):
     def run(self, ctx: RunContext) -> Verdict:
         s = self.settings
         if ctx.custom is not None:  # a custom training step: the checks that apply to it
-            from engine import custom_step
+            from engine.stages import custom
 
-            return custom_step.init_stage(ctx, s)
+            return custom.init_stage(ctx, s)
         task = ctx.task
         checks: list[Check] = []
         metrics: dict[str, float] = {

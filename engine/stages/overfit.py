@@ -48,9 +48,9 @@ class OverfitStage(Stage):
 
     def run(self, ctx: RunContext) -> Verdict:
         if ctx.custom is not None:  # the step's main loss must reach its floor
-            from engine import custom_step
+            from engine.stages import custom
 
-            return custom_step.overfit_stage(self, ctx)
+            return custom.overfit_stage(self, ctx)
         s = self.settings
         n = min(s.samples, len(ctx.data.train))
         what = "one sample" if n == 1 else f"{n} samples"

@@ -95,11 +95,11 @@ class TrainStage(Stage):
 
 
 def _evaluate(ctx: RunContext, model, val_loader) -> dict:
-    """Full-val metrics; a custom training step's mean loss (``engine/custom_step.py``)."""
+    """Full-val metrics; a custom training step's mean loss (``engine/stages/custom.py``)."""
     if ctx.custom is not None:
-        from engine import custom_step
+        from engine.stages import custom
 
-        return custom_step.evaluate(ctx, model, val_loader)
+        return custom.evaluate(ctx, model, val_loader)
     return evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
 
 

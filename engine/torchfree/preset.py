@@ -363,7 +363,7 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
     if c == "section":
         return None if isinstance(value, dict) else "a mapping"
     if c == "targets":
-        ok = isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values())
+        ok = isinstance(value, dict) and bool(value)  # each entry: _check_target
         return (
             None
             if ok
