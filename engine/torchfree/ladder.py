@@ -173,7 +173,9 @@ class AdversarialSettings:
     l1_weight: float = _f(100.0, "weight of the preset's (L1) loss in the generator's objective")
     adv_weight: float = _f(3.0, "weight of the adversarial term -D(fake)")
     gp_weight: float = _f(10.0, "weight of the gradient penalty (WGAN-GP)")
-    diverge: float = _f(10.0, "fail when |W| or |G loss| ends this many times its start (+1)")
+    diverge: float = _f(
+        10.0, "fail when the size of W or of G's loss ends this many times its start (+1)"
+    )
     collapse: float = _f(0.25, "fail when outputs vary less than this share of real images' spread")
     overpower: float = _f(
         3.0, "fail when the critic still separates real from fake by this many sd at the end"
