@@ -430,3 +430,70 @@ def test_optimizers_act_as_one_for_the_loop_and_checkpoints():
     )
     fresh.load_state_dict(state)
     assert fresh["D"].state_dict()["state"][0]["step"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_custom_step_logs_its_named_losses_without_a_host_sync(tmp_path, workspace):
+    (tmp_path / "mytask.py").write_text(_doc_block("mytask.py"))
+    (tmp_path / "gan.yaml").write_text(_doc_block("gan.yaml") + "device: cuda\n")
+    ctx = _context(tmp_path, workspace, "gan.yaml")
+    models = ctx.build_model()
+    optimizers = ctx.build_optimizer(models)
+    train, val = ctx.train_batches(), ctx.val_batches()  # dict batches, pinned host memory
+    train_loop(ctx, models, optimizers, train, steps=5, val_batches=val)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any implicit host<->device sync raises
+    try:
+        result = train_loop(ctx, models, optimizers, train, steps=100, val_batches=val)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert result.steps == 100
+    assert all(set(r.losses) == {"G", "D"} and r.gpu_s > 0 for r in result.rows)
+    named = LossesTail(ctx.folder.path).read_new()
+    assert len(named[(0, "G")][0]) == len(named[(0, "D")][0]) == 105
+
+
+def test_the_run_view_shows_a_gans_g_and_d_curves(tmp_path):
+    """In the app: open a run whose generalize stage logged G and D; the plot under the losses
+    draws both, and its legend names them with their last values."""
+    import asyncio
+
+    from cockpit.app.screens.run import RunScreen
+    from cockpit.app.widgets.curves import CurvesView, MetricPlot
+    from cockpit.app.widgets.live_text import LiveText
+    from tests.app.conftest import histories_loaded, make_app, wait_until
+    from tests.app.workspaces import LADDER, RunSpec, loss_rows, write_run
+
+    workspace = tmp_path / "runs"
+    gen = LADDER.index("generalize")
+    folder = write_run(
+        workspace,
+        RunSpec(
+            "gan-1",
+            verdicts=[(name, "pass", "ok") for name in LADDER[:5]],
+            steps=loss_rows(range(1, 201), gen),
+        ),
+    )
+    LossesWriter(folder.path).append(
+        gen, [(i, {"G": 1.5 - i / 400, "D": -0.2 - i / 1000}) for i in range(1, 201)]
+    )
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_until(pilot, lambda: len(app.runs) == 1, what="the run")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run view")
+            await histories_loaded(pilot)
+            view = app.screen.query_one(CurvesView)
+            assert view.current_stage().name == "generalize"
+            assert set(view.current_stage().losses) == {"G", "D"}
+            assert app.screen.query_one(MetricPlot).display  # shown although no full-val metrics
+            legend = app.screen.query_one("#metric-legend", LiveText)
+            text = str(legend.render())
+            shown = dict(re.findall(r"([GD]) (-?[\d.]+)", text))
+            assert set(shown) == {"G", "D"}, text  # smoothed last values: G ends 1.0, D -0.4
+            assert float(shown["G"]) == pytest.approx(1.0, abs=0.05)
+            assert float(shown["D"]) == pytest.approx(-0.4, abs=0.05)
+
+    asyncio.run(go())
