@@ -296,6 +296,9 @@ def test_curve_shape_tells_falling_from_plateau_and_divergence():
     up = [1.0 + 0.05 * i for i in range(60)]
     shape = curve_shape(rows(up), 0.0, 0.02)
     assert shape.kind == "diverged" and shape.since == 12
+    bouncy = [1.0 - 0.005 * i + (0.4 if i % 7 == 0 else 0.0) for i in range(80)]
+    shape = curve_shape(rows(bouncy), 0.0, 0.02)
+    assert shape.kind == "oscillating" and shape.rises >= 3
     negative = [-0.1 - 0.9 * (1 - math.exp(-0.2 * i)) for i in range(60)]  # towards -1
     assert curve_shape(rows(negative), -1.0, -0.98).progress > 0.95
 

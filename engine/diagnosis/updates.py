@@ -95,7 +95,7 @@ class UpdateMonitor:
         self._before: list[list[torch.Tensor]] | None = None
         self._ratios: list[torch.Tensor] = []
         self._grads: list[torch.Tensor] = []
-        self._dead: dict[str, list[torch.Tensor]] = {}
+        self._dead: dict[str, dict[int, list[torch.Tensor]]] = {}
         self.handles = []
         if self.params:
             self.handles += [
@@ -103,31 +103,27 @@ class UpdateMonitor:
                 optimizer.register_step_post_hook(self._post),
             ]
         for name, m in model.named_modules():
-            if isinstance(m, RELUS):
+            if self.params and isinstance(m, RELUS):
                 self.handles.append(m.register_forward_hook(self._relu_hook(name or "relu")))
 
     def _relu_hook(self, name: str):
-        calls = [0]  # training forwards seen: the first is at init, the (K+1)-th after K updates
-
+        # keyed by optimizer step: a module applied at several places in forward (one
+        # nn.ReLU reused, as in torchvision's blocks) is averaged over its calls
         def hook(module, args, out):
             if not module.training or not isinstance(out, torch.Tensor) or out.ndim < 2:
-                return
-            calls[0] += 1
-            if calls[0] > self.steps + 1:
                 return
             with torch.no_grad():
                 units = out.detach().transpose(0, 1).reshape(out.shape[1], -1)
                 dead = (units <= 0).all(1).float().mean()
-            seen = self._dead.setdefault(name, [])
-            if len(seen) < 2:
-                seen.append(dead)
-            else:
-                seen[1] = dead
+            self._dead.setdefault(name, {}).setdefault(len(self._ratios), []).append(dead)
 
         return hook
 
     @torch.no_grad()
     def _pre(self, optimizer, args, kwargs) -> None:
+        if len(self._ratios) >= self.steps:  # the forward after K updates has been seen
+            self.close()
+            return
         self._before = [[p.detach().clone() for p in ps] for ps in self.params]
         self._grads.append(
             torch.stack(
@@ -160,10 +156,6 @@ class UpdateMonitor:
             )
         self._ratios.append(torch.stack(ratios))
         self._before = None
-        if len(self._ratios) >= self.steps:
-            for h in self.handles[:2]:
-                h.remove()
-            # the ReLU hooks stay for one more forward: the units after K updates
 
     def close(self) -> None:
         for h in self.handles:
@@ -182,10 +174,12 @@ class UpdateMonitor:
         if self._ratios:
             rep.ratios = torch.stack(self._ratios).cpu().tolist()
             rep.grad_norms = torch.stack(self._grads[: len(self._ratios)]).cpu().tolist()
-        for name, vals in self._dead.items():
-            if len(vals) == 2:
-                a, b = torch.stack(vals).cpu().tolist()
-                rep.dead[name] = (a, b)
+        for name, by_step in self._dead.items():
+            first, last = min(by_step), max(by_step)
+            if last > first:
+                a = torch.stack(by_step[first]).mean()
+                b = torch.stack(by_step[last]).mean()
+                rep.dead[name] = tuple(torch.stack([a, b]).cpu().tolist())
         return rep
 
 
