@@ -671,3 +671,53 @@ def test_overfit_does_not_pass_just_short_of_its_reach(workspace, monkeypatch):
     assert got["status"] != "pass", got
     assert rec["status"] != "pass"
     assert rec["metrics"]["steps"] == len(flat)  # never stopped early: the target was not met
+
+
+# ---------------------------------------------------------------- a stage's verdict
+# engine/stages/base.py: a stage's verdict is its worst check, its reason that check's detail.
+
+
+def test_the_verdict_is_the_worst_check_and_counts_the_others():
+    from engine.stages.base import Check, from_checks, worst
+
+    ok = Check("a", "pass", "fine")
+    skip = Check("s", "skip", "not needed")
+    w1, w2, w3 = (Check(f"w{i}", "warn", f"warning {i}") for i in (1, 2, 3))
+    f1 = Check("f1", "fail", "broken")
+    assert worst([]) == "pass" and worst([ok, skip]) in ("pass", "skip")
+    assert worst([ok, w1]) == "warn" and worst([w1, f1, ok]) == "fail"
+    v = from_checks([ok], {"x": 1.0}, "all good")
+    assert (v.status, v.reason, v.metrics) == ("pass", "all good", {"x": 1.0})
+    assert from_checks([ok, w1], {}, "all good").reason == "warning 1"
+    assert from_checks([w1, w2], {}, "").reason == "warning 1 (+1 more warn)"
+    assert from_checks([w1, w2, w3], {}, "").reason == "warning 1 (+2 more warns)"
+    v = from_checks([w1, f1, w2], {}, "")
+    assert (v.status, v.reason) == ("fail", "broken")  # the warnings are not counted with it
+    assert v.checks == [w1, f1, w2]
+
+
+def test_a_verdict_round_trips_through_json_without_non_finite_numbers():
+    import json
+
+    from engine.stages.base import Check, Verdict, crash_verdict, mean
+
+    v = Verdict("warn", "why", [Check("c", "warn", "d")], {"a": 1.5, "b": math.nan, "n": 3})
+    j = v.to_json()
+    assert j == {
+        "status": "warn",
+        "reason": "why",
+        "checks": [{"name": "c", "status": "warn", "detail": "d"}],
+        "metrics": {"a": 1.5, "b": None, "n": 3.0},
+    }
+    json.dumps(j, allow_nan=False)  # summary.json holds no NaN
+    back = Verdict.from_json(j)
+    assert (back.status, back.reason, back.checks, back.metrics) == (
+        "warn",
+        "why",
+        [Check("c", "warn", "d")],
+        {"a": 1.5, "n": 3.0},
+    )
+    c = crash_verdict({"world": 2, "error": "RuntimeError: boom"})
+    assert c.status == "fail" and c.checks[0].name == "ddp_runs"
+    assert c.reason == "DDP on 2 processes crashed: RuntimeError: boom (traceback in engine.log)"
+    assert mean([1.0, None, math.nan, 3.0]) == 2.0 and math.isnan(mean([]))
