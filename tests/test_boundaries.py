@@ -721,3 +721,37 @@ def test_a_verdict_round_trips_through_json_without_non_finite_numbers():
     assert c.status == "fail" and c.checks[0].name == "ddp_runs"
     assert c.reason == "DDP on 2 processes crashed: RuntimeError: boom (traceback in engine.log)"
     assert mean([1.0, None, math.nan, 3.0]) == 2.0 and math.isnan(mean([]))
+
+
+def test_what_ls_says_about_the_slots(workspace, monkeypatch):
+    from engine.torchfree import slots
+    from tests.test_slots import fake_run, take
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv(slots.FAKE_GPUS_ENV, "0")
+    monkeypatch.setenv(slots.CPU_SLOTS_ENV, "2")
+    assert slots.describe_slots(workspace) == (
+        f"CPU slots: 0 of 2 busy  (set with ${slots.CPU_SLOTS_ENV} or cpu_slots: in "
+        f"{workspace / 'cockpit.yaml'})"
+    )
+    lease = take(fake_run(workspace, "one", gpus=0))
+    assert lease.describe() == "CPU slot 0"
+    (view, free) = slots.slot_views(workspace)
+    assert view.to_json() == {
+        "kind": "cpu",
+        "index": 0,
+        "run_id": "one",
+        "since": view.since,
+        "foreign": [],
+    }
+    assert view.since is not None and free.run_id is None and free.index == 1
+    assert slots.describe_slots(workspace).startswith("CPU slots: 1 of 2 busy  (set with")
+    lease.release()
+    monkeypatch.setenv(slots.FAKE_GPUS_ENV, "3")
+    a = take(fake_run(workspace, "a"))
+    pair = take(fake_run(workspace, "pair", gpus=2))
+    assert (a.describe(), pair.describe()) == ("GPU 0", "GPUs 1,2")
+    assert slots.describe_slots(workspace) == "GPUs: 0 a · 1 pair · 2 pair"
+    pair.release()
+    assert slots.describe_slots(workspace) == "GPUs: 0 a · 1 free · 2 free"
+    a.release()
