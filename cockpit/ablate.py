@@ -179,7 +179,8 @@ def run_ablation(args: argparse.Namespace) -> int:
 
     where = choose(workspace, getattr(args, "launcher", None), getattr(args, "slurm", None))
     # Slurm places the jobs (and --parallel N is N lanes of singleton jobs): no local check
-    parallel = args.parallel if where else placement(runs, workspace, args.parallel)
+    slurm = where.get("launcher") == "slurm"
+    parallel = args.parallel if slurm else placement(runs, workspace, args.parallel)
     group = new_run_id(f"{base.name}-{'tricks' if tricks else 'ablate'}")
     folders = [
         create_run(
@@ -193,14 +194,14 @@ def run_ablation(args: argparse.Namespace) -> int:
                 "ablation_point": point,
                 **({"trick": names[i]} if tricks else {}),
                 **where,
-                **(lane_extra(i, parallel) if where else {}),
+                **(lane_extra(i, parallel) if slurm else {}),
             },
         )
         for i, (point, preset) in enumerate(runs)
     ]
     procs = [start_engine(f) for f in folders]
     cap = f"{parallel} at a time" if parallel else "one per free GPU"
-    if where and not parallel:
+    if slurm and not parallel:
         cap = "as Slurm schedules them"
     print(
         f"ablation {group}: {len(folders)} runs of {base.name} ({', '.join(stages)}), {cap} · {workspace}"

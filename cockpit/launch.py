@@ -63,7 +63,13 @@ def create_run(
 ) -> RunFolder:
     """Write a new run folder (run.json, preset.yaml, a 'queued' summary.json), private to
     its owner unless the workspace is shared (see runfolder.sharing). On a full disk or any
-    other write error nothing is left behind and WorkspaceError says why in one sentence."""
+    other write error nothing is left behind and WorkspaceError says why in one sentence.
+    Without a launcher in ``extra``, the workspace's cockpit.yaml chooses (cockpit/launchers)."""
+    if "launcher" not in (extra or {}):
+        from cockpit.launchers import choose
+
+        chosen = choose(workspace)
+        extra = {**(extra or {}), **chosen} if chosen.get("launcher") == "slurm" else extra
     workspace = prepare_workspace(workspace)
     dir_mode = RUN_DIR_MODES[sharing(workspace)]
     for _ in range(20):

@@ -255,8 +255,8 @@ def fake_sbatch(tmp_path, monkeypatch):
 
 
 def test_local_is_the_default(tmp_path):
-    assert choose(_ws(tmp_path)) == {}
-    assert choose(_ws(tmp_path, "cpu_slots: 2\n")) == {}
+    assert choose(_ws(tmp_path)) == {"launcher": "local"}
+    assert choose(_ws(tmp_path, "cpu_slots: 2\n")) == {"launcher": "local"}
 
 
 def test_workspace_config_and_command_line_combine(tmp_path, fake_sbatch):
@@ -274,13 +274,13 @@ def test_workspace_config_and_command_line_combine(tmp_path, fake_sbatch):
             "extra": ["--exclusive", "--nice=5"],
         },
     }
-    assert choose(ws, "local") == {}  # --launcher overrides the workspace
+    assert choose(ws, "local") == {"launcher": "local"}  # --launcher overrides the workspace
 
 
 def test_a_fork_inherits_its_parents_launcher(tmp_path, fake_sbatch):
     parent = {"launcher": "slurm", "slurm": {"partition": "a100"}}
     assert choose(_ws(tmp_path), parent_request=parent)["slurm"] == {"partition": "a100"}
-    assert choose(_ws(tmp_path), "local", parent_request=parent) == {}
+    assert choose(_ws(tmp_path), "local", parent_request=parent) == {"launcher": "local"}
 
 
 @pytest.mark.parametrize(
@@ -531,3 +531,20 @@ def test_ablation_submits_three_jobs_kill_cancels_one_and_the_best_forks_warm(tm
     done = wait_for(ws, child, lambda r: r["status"] not in ("queued", "running"), timeout=120)
     assert done["status"] == "passed", done["reason"]
     assert done["parent"] == others[0] and done["fork_step"] == 20 and done["node"] == "localhost"
+
+
+def test_a_run_created_without_a_choice_follows_the_workspace(tmp_path, fake_sbatch):
+    """The app's new-run dialog calls create_run without a launcher: cockpit.yaml decides."""
+    from cockpit.launch import create_run
+    from engine.torchfree import preset as presets
+
+    ws = _ws(tmp_path, "launcher: slurm\nslurm: {partition: debug}\n")
+    preset = presets.load(str(ROOT / "tests/zoo/blobs.yaml"), {})
+    folder = create_run(ws, preset)
+    assert folder.request()["launcher"] == "slurm"
+    assert folder.request()["slurm"] == {"partition": "debug"}
+    local = create_run(ws, preset, extra={"launcher": "local"})  # --launcher local
+    assert local.request()["launcher"] == "local"
+    (ws / "cockpit.yaml").write_text("launcher: slurmm\n")
+    with pytest.raises(LookupError, match="expected local"):  # the app shows LookupErrors
+        create_run(ws, preset)

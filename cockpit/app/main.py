@@ -247,7 +247,7 @@ class CockpitApp(App[None]):
                 self.workspace, request.preset, overrides=request.overrides, stages=request.stages
             )
             engine = start_engine(folder)
-        except OSError as e:  # a full disk, a read-only workspace: say so, keep the app
+        except (OSError, LookupError) as e:  # a full disk, a bad launcher setting: say so
             self.call_from_thread(
                 self.notify, f"could not start the run: {e}", severity="error", timeout=8
             )

@@ -17,6 +17,11 @@ from typing import Any
 
 from cockpit.args import UsageError
 
+
+class LauncherError(UsageError, LookupError):
+    """A launcher setting or sbatch is wrong: one sentence (exit 2; the app shows it too)."""
+
+
 LAUNCHERS = ("local", "slurm")
 CONFIG_NAME = "cockpit.yaml"
 SLURM_KEYS = {
@@ -38,17 +43,17 @@ def _config(workspace: Path) -> tuple[dict, str]:
     except FileNotFoundError:
         return {}, str(path)
     except OSError as e:
-        raise UsageError(f"{path} cannot be read ({e.strerror or e}).") from None
+        raise LauncherError(f"{path} cannot be read ({e.strerror or e}).") from None
     import yaml
 
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise UsageError(f"{path} is not valid YAML: {str(e).splitlines()[0]}.") from None
+        raise LauncherError(f"{path} is not valid YAML: {str(e).splitlines()[0]}.") from None
     if data is None:
         return {}, str(path)
     if not isinstance(data, dict):
-        raise UsageError(f"{path} must be a mapping of settings (e.g. launcher: slurm).")
+        raise LauncherError(f"{path} must be a mapping of settings (e.g. launcher: slurm).")
     return data, str(path)
 
 
@@ -57,7 +62,7 @@ def check_options(options: Any, where: str) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise UsageError(
+        raise LauncherError(
             f"{where} must be a mapping of sbatch options, e.g. slurm: {{partition: gpu, time: '02:00:00'}}."
         )
     out: dict[str, Any] = {}
@@ -65,7 +70,7 @@ def check_options(options: Any, where: str) -> dict[str, Any]:
         if key not in SLURM_KEYS:
             near = difflib.get_close_matches(str(key), list(SLURM_KEYS), n=1)
             hint = f" — did you mean '{near[0]}'?" if near else ""
-            raise UsageError(
+            raise LauncherError(
                 f"{where}: '{key}' is not a Slurm option cockpit knows{hint} (known: "
                 f"{', '.join(SLURM_KEYS)}; anything else goes in extra)."
             )
@@ -73,22 +78,24 @@ def check_options(options: Any, where: str) -> dict[str, Any]:
             if isinstance(value, str):
                 value = shlex.split(value)
             if not (isinstance(value, list) and all(isinstance(v, (str, int)) for v in value)):
-                raise UsageError(
+                raise LauncherError(
                     f"{where}.extra must be a list of sbatch options, e.g. [--exclusive, --mem=32G]."
                 )
             value = [str(v) for v in value]
             bad = [v for v in value if not v.startswith("-")]
             if bad:
-                raise UsageError(
+                raise LauncherError(
                     f"{where}.extra: '{bad[0]}' is not an sbatch option (options start with -, "
                     "e.g. --constraint=a100)."
                 )
         elif value is None or isinstance(value, (dict, list, bool)):
-            raise UsageError(f"{where}.{key} must be one value ({SLURM_KEYS[key]}).")
+            raise LauncherError(f"{where}.{key} must be one value ({SLURM_KEYS[key]}).")
         else:
             value = str(value)
             if not value.strip() or any(c in value for c in "\n\r\0"):
-                raise UsageError(f"{where}.{key} is empty or spans lines; give {SLURM_KEYS[key]}.")
+                raise LauncherError(
+                    f"{where}.{key} is empty or spans lines; give {SLURM_KEYS[key]}."
+                )
         out[key] = value
     return out
 
@@ -99,7 +106,7 @@ def parse_slurm_args(specs: list[str] | None) -> dict[str, Any]:
     for spec in specs or []:
         key, sep, value = spec.partition("=")
         if not sep or not key.strip():
-            raise UsageError(
+            raise LauncherError(
                 f"--slurm {spec}: expected KEY=VALUE, e.g. --slurm time=01:00:00 or --slurm partition=gpu."
             )
         key = key.strip()
@@ -116,14 +123,14 @@ def choose(
     slurm_args: list[str] | None = None,
     parent_request: dict | None = None,
 ) -> dict[str, Any]:
-    """run.json's launcher fields for a new run: {} for local, or
-    {"launcher": "slurm", "slurm": {options}}. Wrong settings: UsageError, one sentence."""
+    """run.json's launcher fields for a new run: {"launcher": "local"}, or
+    {"launcher": "slurm", "slurm": {options}}. Wrong settings: LauncherError, one sentence."""
     data, where = _config(workspace)
     if launcher is not None and launcher not in LAUNCHERS:
-        raise UsageError(f"--launcher {launcher}: expected local or slurm.")
+        raise LauncherError(f"--launcher {launcher}: expected local or slurm.")
     configured = data.get("launcher", "local")
     if configured not in LAUNCHERS:
-        raise UsageError(
+        raise LauncherError(
             f"{where}: launcher is {configured!r}; expected local (the default) or slurm."
         )
     options = check_options(data.get("slurm"), f"{where}: slurm")
@@ -139,11 +146,11 @@ def choose(
     extra = parse_slurm_args(slurm_args)
     if chosen != "slurm":
         if extra:
-            raise UsageError(
+            raise LauncherError(
                 "--slurm options need the Slurm launcher: add --launcher slurm (or launcher: slurm "
                 f"in {where})."
             )
-        return {}
+        return {"launcher": "local"}
     if "extra" in extra and "extra" in options:
         extra["extra"] = [*options["extra"], *extra["extra"]]
     from cockpit.launchers import slurm

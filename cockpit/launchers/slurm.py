@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cockpit.args import UsageError
+from cockpit.launchers import LauncherError
 from engine.torchfree import slurm as jobs
 from engine.torchfree.runfolder import LIVE, RunFolder, write_bytes_private, write_json_atomic
 
@@ -40,7 +40,7 @@ STOP_WAIT_S = 90.0  # scancel -> processes gone: the engine's step, then at most
 def check_client() -> None:
     """UsageError unless sbatch is on PATH."""
     if shutil.which("sbatch") is None:
-        raise UsageError(
+        raise LauncherError(
             "the Slurm launcher needs sbatch on PATH (Slurm's client tools, e.g. Debian's "
             "slurm-client, on a login node of the cluster); use --launcher local, or see docs/slurm.md."
         )
@@ -170,7 +170,7 @@ def submit(folder: RunFolder) -> JobHandle:
             hint = " (a cluster without GPUs: set gpus: 0, e.g. --set gpus=0)"
         message = f"sbatch refused run {folder.run_id}: {why}{hint}"
         _mark_error(folder, message)
-        raise UsageError(message + ".")
+        raise LauncherError(message + ".")
     job_id = match.group(1)
     write_json_atomic(
         folder.file(jobs.SLURM_JSON),
@@ -232,7 +232,7 @@ def stop(folder: RunFolder, grace: float = STOP_WAIT_S) -> bool:
         return False
     ok, err = scancel(job_id)
     if not ok:
-        raise UsageError(
+        raise LauncherError(
             f"run {folder.run_id}: scancel {job_id} failed: {err or 'no reason given'}."
         )
     deadline = time.monotonic() + max(grace, 1.0)
