@@ -93,12 +93,17 @@ class Optimizers(Mapping):
             opt.step()
 
     def state_dict(self) -> dict:
-        return {name: opt.state_dict() for name, opt in self._named.items()}
+        """Each optimizer's state by name, with their param_groups side by side (what a warm
+        start compares with the new optimizers' before it restores anything)."""
+        named = {name: opt.state_dict() for name, opt in self._named.items()}
+        groups = [g for sd in named.values() for g in sd["param_groups"]]
+        return {"param_groups": groups, "state": {}, "optimizers": named}
 
     def load_state_dict(self, state: dict) -> None:
+        named = state.get("optimizers", state)
         for name, opt in self._named.items():
-            if name in state:
-                opt.load_state_dict(state[name])
+            if name in named:
+                opt.load_state_dict(named[name])
 
     def register_step_pre_hook(self, hook):  # pragma: no cover - diagnosis hooks, per optimizer
         return [opt.register_step_pre_hook(hook) for opt in self._named.values()]

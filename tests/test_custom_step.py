@@ -430,6 +430,33 @@ def test_optimizers_act_as_one_for_the_loop_and_checkpoints():
     )
     fresh.load_state_dict(state)
     assert fresh["D"].state_dict()["state"][0]["step"] == 1
+    assert len(state["param_groups"]) == 2  # side by side, as a warm start compares them
+
+
+def test_a_warm_start_restores_every_named_optimizer():
+    from engine import checkpoint
+    from engine.custom_step import Optimizers
+
+    def pair():
+        torch.manual_seed(0)
+        models = nn.ModuleDict({"G": nn.Linear(2, 1), "D": nn.Linear(2, 1)})
+        opts = Optimizers({k: torch.optim.Adam(m.parameters(), lr=0.01) for k, m in models.items()})
+        return models, opts
+
+    models, opts = pair()
+    models["G"](torch.ones(1, 2)).sum().backward()
+    models["D"](torch.ones(1, 2)).sum().backward()
+    opts.step()
+    saved = {
+        "model": models.state_dict(),
+        "optimizer": opts.state_dict(),
+        "step": 7,
+        "optimizer_class": "Optimizers",
+    }
+    child, child_opts = pair()
+    step, note = checkpoint.warm_start(saved, child, child_opts)
+    assert step == 7 and "optimizer state" in note and "not" not in note, note
+    assert child_opts["G"].state_dict()["state"][0]["step"] == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
