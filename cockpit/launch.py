@@ -63,13 +63,7 @@ def create_run(
 ) -> RunFolder:
     """Write a new run folder (run.json, preset.yaml, a 'queued' summary.json), private to
     its owner unless the workspace is shared (see runfolder.sharing). On a full disk or any
-    other write error nothing is left behind and WorkspaceError says why in one sentence.
-    Without a launcher in ``extra``, the workspace's cockpit.yaml chooses (cockpit/launchers)."""
-    if "launcher" not in (extra or {}):
-        from cockpit.launchers import choose
-
-        chosen = choose(workspace)
-        extra = {**(extra or {}), **chosen} if chosen.get("launcher") == "slurm" else extra
+    other write error nothing is left behind and WorkspaceError says why in one sentence."""
     workspace = prepare_workspace(workspace)
     dir_mode = RUN_DIR_MODES[sharing(workspace)]
     for _ in range(20):
@@ -148,8 +142,17 @@ def _sha256(path: Path) -> str | None:
 
 def start_engine(folder: RunFolder) -> subprocess.Popen:
     """Start ``python -m engine RUN_DIR`` detached from this terminal; record its pid. A run
-    whose run.json says ``launcher: slurm`` is submitted as a batch job instead (a JobHandle)."""
-    if folder.request().get("launcher") == "slurm":
+    whose run.json says ``launcher: slurm`` is submitted as a batch job instead (a JobHandle);
+    one that says no launcher (the app's new-run dialog) follows the workspace's cockpit.yaml."""
+    request = folder.request()
+    if "launcher" not in request:
+        from cockpit.launchers import choose
+
+        chosen = choose(folder.path.parent)
+        if chosen.get("launcher") == "slurm":
+            request.update(chosen)
+            write_json_atomic(folder.file("run.json"), request)
+    if request.get("launcher") == "slurm":
         from cockpit.launchers.slurm import submit
 
         return submit(folder)  # type: ignore[return-value] - Popen's poll/wait/returncode

@@ -533,18 +533,19 @@ def test_ablation_submits_three_jobs_kill_cancels_one_and_the_best_forks_warm(tm
     assert done["parent"] == others[0] and done["fork_step"] == 20 and done["node"] == "localhost"
 
 
-def test_a_run_created_without_a_choice_follows_the_workspace(tmp_path, fake_sbatch):
-    """The app's new-run dialog calls create_run without a launcher: cockpit.yaml decides."""
-    from cockpit.launch import create_run
+def test_a_run_started_without_a_choice_follows_the_workspace(tmp_path, fake_sbatch):
+    """The app's new-run dialog creates and starts a run without a launcher: cockpit.yaml
+    decides at the start. (The in-process Python ladder never starts an engine: unaffected.)"""
+    from cockpit.launch import create_run, start_engine
     from engine.torchfree import preset as presets
 
     ws = _ws(tmp_path, "launcher: slurm\nslurm: {partition: debug}\n")
     preset = presets.load(str(ROOT / "tests/zoo/blobs.yaml"), {})
     folder = create_run(ws, preset)
+    handle = start_engine(folder)
+    assert handle.job_id == "4242" and "--partition=debug" in fake_sbatch.read_text()
     assert folder.request()["launcher"] == "slurm"
     assert folder.request()["slurm"] == {"partition": "debug"}
-    local = create_run(ws, preset, extra={"launcher": "local"})  # --launcher local
-    assert local.request()["launcher"] == "local"
     (ws / "cockpit.yaml").write_text("launcher: slurmm\n")
     with pytest.raises(LookupError, match="expected local"):  # the app shows LookupErrors
-        create_run(ws, preset)
+        start_engine(create_run(ws, preset))
