@@ -39,6 +39,8 @@ SLURM_KEYS = {
 def _config(workspace: Path) -> tuple[dict, str]:
     path = Path(workspace) / CONFIG_NAME
     try:
+        if not path.is_file():  # none, or a workspace that is no folder: its checks say so
+            return {}, str(path)
         raw = path.read_bytes()[: 1 << 20].decode("utf-8", errors="replace")
     except FileNotFoundError:
         return {}, str(path)
