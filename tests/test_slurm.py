@@ -549,3 +549,34 @@ def test_a_run_started_without_a_choice_follows_the_workspace(tmp_path, fake_sba
     (ws / "cockpit.yaml").write_text("launcher: slurmm\n")
     with pytest.raises(LookupError, match="expected local"):  # the app shows LookupErrors
         start_engine(create_run(ws, preset))
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_parallel_is_lanes_of_singleton_jobs_and_queued_jobs_are_killed_too(tmp_path):
+    """--parallel 2 on Slurm: job names in two lanes, each job after its lane's previous one
+    (--dependency=singleton), so Slurm keeps the cap cluster-wide. Held, so nothing trains:
+    killing jobs that never started ends them killed, with Slurm's word."""
+    ws = tmp_path / "ws"
+    p = cockpit(
+        ws, "ablate", "presets/quickstart.yaml", "--grid", "optimizer.lr=1e-4,1e-3,3e-3",
+        "--set", "gpus=0", "--parallel", "2", "--launcher", "slurm",
+        "--slurm", "extra=--hold", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    runs = sorted(ls(ws), key=lambda r: int(job_of(ws, r)))
+    jobs = [job_of(ws, r) for r in runs]
+    q = subprocess.run(
+        ["squeue", "-h", "-j", ",".join(jobs), "-o", "%i|%j|%T"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    rows = {line.split("|")[0]: line.split("|")[1:] for line in q.stdout.split()}
+    lanes = [rows[j][0].rsplit("-", 1)[1] for j in jobs]
+    assert lanes == ["lane0", "lane1", "lane0"] and all(rows[j][1] == "PENDING" for j in jobs)
+    deps = subprocess.run(["scontrol", "show", "job", jobs[2]], capture_output=True, text=True)
+    assert "singleton" in slurm.parse_scontrol(deps.stdout).get("Dependency", "")
+    k = cockpit(ws, "kill", *runs)
+    assert k.returncode == 0, k.stderr
+    for r, j in zip(runs, jobs):
+        row = ls(ws)[r]
+        assert row["status"] == "killed" and row["reason"].startswith(f"Slurm job {j} cancelled")
