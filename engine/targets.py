@@ -92,7 +92,27 @@ def _build(preset: Preset, key: str, spec: dict, args: tuple, extra: dict) -> An
     kwargs = {k: _maybe_build(preset, f"{key}.{k}", v) for k, v in spec.items() if k != "_target_"}
     kwargs.update(extra)
     _check_signature(preset, key, fn, args, kwargs)
+    if key == "loss":
+        kwargs = _weights_as_tensors(kwargs)
     return fn(*args, **kwargs)
+
+
+_TENSOR_ARGS = ("weight", "pos_weight")  # torch losses take these as tensors, YAML gives lists
+
+
+def _weights_as_tensors(kwargs: dict) -> dict:
+    """``weight: [0.5, 2.0]`` in a preset (what init's imbalance advice suggests) becomes the
+    float tensor torch's losses expect."""
+    out = dict(kwargs)
+    for name in _TENSOR_ARGS:
+        value = out.get(name)
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            import torch
+
+            out[name] = torch.tensor(value, dtype=torch.float32)
+    return out
 
 
 def _maybe_build(preset: Preset, key: str, value: Any) -> Any:

@@ -162,3 +162,14 @@ def test_the_training_step_is_written_once():
 def test_stages_do_not_import_the_launcher():
     for path in Path(ROOT / "engine" / "stages").glob("*.py"):
         assert "distributed.launch" not in path.read_text(), path
+
+
+def test_the_imbalance_advice_works_as_written(workspace):
+    # init suggests `loss: {_target_: torch.nn.CrossEntropyLoss, weight: [...]}`: the list
+    # must reach torch as the tensor it expects
+    weights = [0.5, 1.0, 2.0, 4.0]
+    ctx = _context(workspace, loss={"_target_": "torch.nn.CrossEntropyLoss", "weight": weights})
+    assert torch.equal(ctx.loss_fn.weight, torch.tensor(weights))
+    model = ctx.build_model()
+    result = train_loop(ctx, model, ctx.build_optimizer(model), ctx.train_batches(), steps=3)
+    assert result.steps == 3 and all(math.isfinite(x) for x in result.train_losses)
