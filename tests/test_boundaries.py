@@ -755,3 +755,56 @@ def test_what_ls_says_about_the_slots(workspace, monkeypatch):
     pair.release()
     assert slots.describe_slots(workspace) == "GPUs: 0 a · 1 free · 2 free"
     a.release()
+
+
+# ---------------------------------------------------------------- generalize's two lines
+# engine/stages/generalize.py: the val loss must beat the input-blind loss by
+# GeneralizeSettings.margin (and its noise); the metric must clear the baseline by its
+# confidence interval (GeneralizeSettings.confidence).
+
+
+def _generalize_stage():
+    from engine.stages.generalize import GeneralizeStage
+    from engine.torchfree.ladder import GeneralizeSettings
+
+    return GeneralizeStage(GeneralizeSettings()), GeneralizeSettings()
+
+
+def test_val_loss_must_beat_the_blind_loss_by_the_margin():
+    stage_, s = _generalize_stage()
+    base = 1.2
+    need = s.margin * base
+    below = stage_.check_val_loss({"val_loss": base - need * 1.01}, base, {}, 100)
+    at = stage_.check_val_loss({"val_loss": base - need * 0.99}, base, {}, 100)
+    assert below.status == "pass" and at.status == "fail", (below, at)
+    assert "did not fall below the input-blind baseline" in at.detail and "needed" in at.detail
+    # the noise, when larger than the margin, is the line instead
+    se = need  # 2 * se = twice the margin
+    noisy = stage_.check_val_loss({"val_loss": base - need * 1.5, "val_loss_se": se}, base, {}, 100)
+    clear = stage_.check_val_loss({"val_loss": base - 2.01 * se, "val_loss_se": se}, base, {}, 100)
+    assert noisy.status == "fail" and clear.status == "pass", (noisy, clear)
+
+
+def test_accuracy_must_clear_the_baseline_by_its_interval():
+    import torch
+
+    from engine.stages.generalize import interval
+
+    stage_, s = _generalize_stage()
+    n, got = 1000, 0.60
+    per_sample = torch.ones(n)
+    half = interval("accuracy", per_sample, got, s.confidence)
+    assert 0.02 < half < 0.04  # the binomial half-width at 95% for 1000 samples
+    for ref, status in ((got - half * 1.01, "pass"), (got - half * 0.99, "fail")):
+        metrics: dict = {}
+        check_, _shown = stage_.check_beats_baseline(
+            "accuracy", {"accuracy": got}, {"accuracy": ref}, per_sample, metrics
+        )
+        assert check_.status == status, (ref, check_)
+        assert metrics["accuracy_ci"] == pytest.approx(half)
+    # mae: lower is better, the same line below the baseline
+    for ref, status in ((0.5 + 1e-9, "pass"), (0.5, "fail")):
+        check_, _ = stage_.check_beats_baseline(
+            "mae", {"mae": 0.5}, {"mae": ref}, torch.full((50,), 0.5), {}
+        )
+        assert check_.status == status, (ref, check_)
