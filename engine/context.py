@@ -94,7 +94,9 @@ class RunContext:
         self.stop = stop or StopFlag()
         self.meter = WaitMeter()
         self._steps_out = StepsAppender(folder.file("steps.bin"))
-        self._evals_out = None
+        self._out: dict[
+            str, Any
+        ] = {}  # evals.jsonl, losses.bin: opened on first use, shared by the stages' views
         explicit_loss = preset.get("loss") is not None
         self.loss_fn = self._build_loss()
         self.data = self._build_data()
@@ -271,11 +273,19 @@ class RunContext:
 
         from engine.torchfree.runfolder import JsonlAppender, clean_number
 
-        if self._evals_out is None:
-            self._evals_out = JsonlAppender(self.folder.file("evals.jsonl"))
+        if "evals" not in self._out:
+            self._out["evals"] = JsonlAppender(self.folder.file("evals.jsonl"))
         row = {"step": step, "time": time.time(), "stage": self.stage_names[self.stage_index]}
         row.update({k: clean_number(v) for k, v in metrics.items()})
-        self._evals_out.append(row)
+        self._out["evals"].append(row)
+
+    def log_losses(self, rows: list) -> None:
+        """A custom step's named losses (a GAN's G and D) to losses.bin."""
+        if "losses" not in self._out:
+            from engine.torchfree.losses import LossesWriter
+
+            self._out["losses"] = LossesWriter(self.folder.path)
+        self._out["losses"].append(self.stage_index, [(r.step, r.losses) for r in rows if r.losses])
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         for listener in self.eval_listeners:

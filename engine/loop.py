@@ -315,20 +315,6 @@ class LoopResult:
         return self.rows[-1].step if self.rows else None
 
 
-def log_named_losses(ctx: RunContext, rows: list[Row]) -> None:
-    """A custom step's named losses to losses.bin (one writer per run folder and process)."""
-    from engine.torchfree.losses import LossesWriter
-
-    key = str(ctx.folder.path)
-    writer = _LOSS_WRITERS.get(key)
-    if writer is None:
-        writer = _LOSS_WRITERS[key] = LossesWriter(ctx.folder.path)
-    writer.append(ctx.stage_index, [(r.step, r.losses) for r in rows if r.losses])
-
-
-_LOSS_WRITERS: dict[str, Any] = {}
-
-
 class Lockstep:
     """Stop decisions for one process: each wish holds at once. Under DDP every rank must stop
     at the same step; ``engine.distributed.rank.RankLockstep`` shares the wishes instead."""
@@ -413,7 +399,7 @@ def train_loop(
             if log:
                 ctx.log_steps(kept)
                 if any(r.losses for r in kept):
-                    log_named_losses(ctx, kept)
+                    ctx.log_losses(kept)
 
     step = start_step
     t_prev = time.perf_counter()
