@@ -251,3 +251,39 @@ def test_a_large_workspace_is_posted_in_growing_batches_oldest_first(workspace):
     posted.clear()
     watcher.scan()
     assert posted == []  # nothing changed: nothing posted
+
+
+# ---- the runs table renders only the cells that changed -----------------------------------
+
+
+def test_the_runs_table_renders_again_only_the_cells_whose_value_changed():
+    import asyncio
+
+    from rich.text import Text
+    from textual.app import App
+
+    from cockpit.app.widgets.runs_table import NARROW, RunsTable
+
+    def rows(step: str):
+        cells = {c.key: Text(f"{c.key}-{i}") for i, c in enumerate(NARROW)}
+        return [("r1", {**cells, "step": Text(step)}), ("r2", dict(cells))]
+
+    class Table(App):
+        def compose(self):
+            yield RunsTable()
+
+    async def go():
+        app = Table()
+        async with app.run_test(size=(80, 10)) as pilot:
+            table = app.query_one(RunsTable)
+            table.show(rows("10"), 80)
+            await pilot.pause()
+            before = {k: v[1] for k, v in table._rendered.items()}
+            table.show(rows("20"), 80)  # one cell of one row changes
+            await pilot.pause()
+            after = {k: v[1] for k, v in table._rendered.items()}
+            fresh = [k for k in after if k in before and after[k] is not before[k]]
+            assert [(k[0], k[1]) for k in fresh] == [("r1", "step")]
+            assert "20" in "".join(s.text for s in table.render_lines(table.region.reset_offset))
+
+    asyncio.run(go())

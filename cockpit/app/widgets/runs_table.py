@@ -186,6 +186,40 @@ class RunsTable(VimTable):
         self._row_keys: list[str] = []
         self._sort: tuple[str, bool] = ("tree", False)
         self._cells: dict[str, dict[str, Text]] = {}
+        self._rendered: dict[tuple, tuple[object, list]] = {}
+
+    def _render_cell(self, row_index, column_index, base_style, width, cursor=False, hover=False):
+        """DataTable renders every visible cell again after any ``update_cell`` (its caches
+        are keyed by an update counter): a tick that changed a few numbers re-rendered the
+        whole table through Rich. Here a cell's rendering is kept while its value is the same
+        object (``update_cell`` puts a new one in; unchanged cells keep theirs)."""
+        if column_index < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        column_key = self._column_locations.get_key(column_index)
+        if row_index < 0:
+            row_key, value = None, self.columns[column_key].label
+        else:
+            row_key = self._row_locations.get_key(row_index)
+            value = self._data[row_key][column_key]
+        key = (
+            row_key,
+            column_key,
+            row_index,
+            base_style,
+            width,
+            cursor,
+            hover,
+            self._show_hover_cursor,
+            self._pseudo_class_state,
+        )
+        kept = self._rendered.get(key)
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        if len(self._rendered) > 8192:
+            self._rendered.clear()
+        self._rendered[key] = (value, lines)
+        return lines
 
     def column_set(self, width: int) -> tuple[Column, ...]:
         return WIDE if width >= WIDE_FROM else MEDIUM if width >= MEDIUM_FROM else NARROW
@@ -247,6 +281,7 @@ class RunsTable(VimTable):
         sort: tuple[str, bool],
     ) -> None:
         selected = self.selected_key()
+        self._rendered.clear()
         self.clear(columns=True)
         sort_column = "run" if sort[0] == "tree" else sort[0]
         for column in columns:
