@@ -173,13 +173,25 @@ class Runner:
         if world_size(preset) > 1 and not self.request.get("stages") and "multi_gpu" not in names:
             names.append("multi_gpu")  # gpus > 1: the ladder ends by checking DDP itself
         self.save(stages=[], stage_names=names)
+        from engine.torchfree import slurm
+
+        steps = stage_settings("train", preset.stage_values("train")).steps
+        resume = slurm.resume_plan(self.folder, self.request, names, steps)
+        if resume is not None:  # requeued by Slurm: on from our own latest checkpoint
+            from engine.torchfree.preset import apply_overrides
+
+            preset = apply_overrides(preset, {"train.steps": resume["steps"]})
+            self.save(resumed_from=resume["step"])
+            self.event("resume", step=resume["step"], steps=resume["steps"])
+            log(f"requeued: resuming from step {resume['step']}, {resume['steps']} steps left")
         try:
             warm = None  # a warm fork's checkpoint: fixed for the run, like the data
-            if self.request.get("warm_from"):
+            if resume is not None or self.request.get("warm_from"):
                 from engine import checkpoint
 
                 device = resolve_device(preset.get("device"))
-                warm = checkpoint.load(self.request["warm_from"], device)
+                source = resume["path"] if resume is not None else self.request["warm_from"]
+                warm = checkpoint.load(source, device)
             ctx = RunContext(preset, self.folder, names, self.request, stop=self.stop, warm=warm)
         except UserCodeError as e:
             self.event("error", kind="data", message=str(e))

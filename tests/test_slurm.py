@@ -85,6 +85,13 @@ def test_pending_job_shows_queued_with_slurm_reason():
     assert not news
 
 
+def test_a_requeued_job_shows_queued_again_not_its_previous_attempts_end():
+    before = _live("killed", reason="stopped during train", ended=5.0, slurm_state="PREEMPTED")
+    s, news = slurm.overlay(before, REC, slurm.Job("42", "PENDING", "BeginTime"), True)
+    assert s["status"] == "queued" and s["queue"] == "Slurm job 42 pending (BeginTime)"
+    assert s["reason"] is None and s["ended"] is None and not news
+
+
 def test_running_job_keeps_the_engines_status_and_names_the_node():
     job = slurm.Job("42", "RUNNING", "", "gpu07")
     s, news = slurm.overlay(_live("queued"), REC, job, True)
@@ -228,7 +235,36 @@ def test_inside_its_job_the_engine_takes_slurms_devices_without_the_local_queue(
     cpu = slurm.job_lease({"SLURM_JOB_ID": "78"})
     assert cpu.kind == "cpu" and cpu.describe() == "Slurm job 78"
     fields = slurm.job_fields({**env, "SLURM_RESTART_COUNT": "1"})
-    assert fields == {"slurm_job": "77", "node": "gpu07", "slurm_restarts": 1}
+    assert fields["slurm_job"] == "77" and fields["node"] == "gpu07"
+    assert fields["slurm_restarts"] == 1
+    assert fields["slurm_state"] is None and fields["ended"] is None  # a new attempt
+
+
+class _Ckpt:
+    def __init__(self, info):
+        self.info = info
+
+    def checked_checkpoint(self):
+        return self.info, None if self.info else "none"
+
+
+JOB_ENV = {"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "1"}
+
+
+def test_a_requeued_train_run_resumes_from_its_own_checkpoint_for_the_steps_left():
+    ckpt = {"path": "/ws/r/checkpoints/step_40.pt", "step": 40, "stage": "train"}
+    req = {"launcher": "slurm"}
+    plan = slurm.resume_plan(_Ckpt(ckpt), req, ["train"], 100, JOB_ENV)
+    assert plan == {"path": ckpt["path"], "step": 40, "steps": 60}
+    warm = {**req, "warm_from": "/ws/p/checkpoints/step_20.pt", "fork_step": 20}
+    assert slurm.resume_plan(_Ckpt(ckpt), warm, ["train"], 100, JOB_ENV)["steps"] == 80
+    first = {"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "0"}
+    assert slurm.resume_plan(_Ckpt(ckpt), req, ["train"], 100, first) is None
+    assert slurm.resume_plan(_Ckpt(ckpt), req, ["init", "train"], 100, JOB_ENV) is None
+    assert slurm.resume_plan(_Ckpt(None), req, ["train"], 100, JOB_ENV) is None
+    assert slurm.resume_plan(_Ckpt(ckpt), {}, ["train"], 100, JOB_ENV) is None  # local run
+    done = {**ckpt, "step": 100}
+    assert slurm.resume_plan(_Ckpt(done), req, ["train"], 100, JOB_ENV) is None
 
 
 # ---------------------------------------------------------------- settings
@@ -580,3 +616,35 @@ def test_parallel_is_lanes_of_singleton_jobs_and_queued_jobs_are_killed_too(tmp_
     for r, j in zip(runs, jobs):
         row = ls(ws)[r]
         assert row["status"] == "killed" and row["reason"].startswith(f"Slurm job {j} cancelled")
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_requeued_job_resumes_from_its_latest_checkpoint(tmp_path):
+    """`scontrol requeue` is what a preemption with PreemptMode=REQUEUE does to a job: SIGTERM,
+    back to PENDING (BeginTime: Slurm holds it ~2 minutes, moved to now here), a new start
+    with SLURM_RESTART_COUNT=1 in the same run folder."""
+    ws = tmp_path / "ws"
+    p = cockpit(
+        ws, "run", *BLOBS, "--set", "train.steps=150", "--set", "train.checkpoint_every=10",
+        "--set", "train.eval_every=50", "--launcher", "slurm", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run_id,) = ls(ws)
+    job = job_of(ws, run_id)
+    latest = ws / run_id / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=10)
+    wait_for(ws, run_id, lambda r: r["status"] == "queued" and "pending" in (r["queue"] or ""))
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=10)
+    row = wait_for(ws, run_id, lambda r: r["status"] not in ("queued", "running"), timeout=150)
+    assert row["status"] == "passed", row["reason"]
+    summary = json.loads((ws / run_id / "summary.json").read_text())
+    resumed = summary["resumed_from"]
+    assert resumed >= 10 and summary["slurm_restarts"] == 1
+    (train,) = summary["stages"]
+    assert train["metrics"]["steps"] == 150 - resumed and train["metrics"]["end_step"] == 150
+    assert any(c["name"] == "warm_start" and f"from step {resumed}" in c["detail"]
+               for c in train["checks"])  # fmt: skip

@@ -270,7 +270,8 @@ def overlay(
 ) -> tuple[dict, bool]:
     """(the summary as the run really stands, whether that is news worth writing back).
 
-    - pending in Slurm: ``queued``, with Slurm's reason as the queue text;
+    - pending in Slurm: ``queued``, with Slurm's reason as the queue text (also a run whose
+      job was requeued after it ended: that end belonged to the previous attempt);
     - running: as the engine wrote it (it may still be booting: ``queued``, "starting on N");
     - ended while the folder still says queued/running: ``killed`` (cancelled, time limit,
       preemption, deadline) or ``error`` (failure, node failure, out of memory, or a job that
@@ -302,10 +303,11 @@ def overlay(
             current_stage=None,
         )
         return s, True
-    if job.state in PENDING:
-        if live:
-            why = f" ({job.reason})" if job.reason else ""
-            s.update(status="queued", queue=f"Slurm job {job.job_id} pending{why}")
+    if job.state in PENDING:  # also after a requeue: the previous attempt's end is stale
+        why = f" ({job.reason})" if job.reason else ""
+        s.update(status="queued", queue=f"Slurm job {job.job_id} pending{why}")
+        if not live:
+            s.update(reason=None, ended=None, slurm_state=None)
         return s, False
     if job.state in RUNNING:
         if live and s.get("status") == "queued" and not s.get("queue"):
@@ -405,4 +407,33 @@ def job_fields(environ: dict | None = None) -> dict[str, Any]:
         "slurm_job": env.get("SLURM_JOB_ID"),
         "node": env.get("SLURMD_NODENAME") or env.get("SLURM_JOB_NODELIST"),
         "slurm_restarts": int(restarts) if restarts.isdigit() else 0,
+        "slurm_state": None,  # a requeued job's earlier end is not this attempt's
+        "reason": None,
+        "ended": None,
     }
+
+
+def resume_plan(
+    folder: Any, request: dict, names: list[str], train_steps: int, environ: dict | None = None
+) -> dict[str, Any] | None:
+    """A requeued job (preempted, or ``scontrol requeue``) of a train-only run continues from
+    its own latest checkpoint: {"path", "step", "steps": what is left of ``train.steps``}.
+
+    None when this is the job's first start (SLURM_RESTART_COUNT 0), the run is not a Slurm
+    run or not train-only (a ladder's other stages start over), there is no train checkpoint
+    of its own yet, or nothing would be left to train."""
+    env = os.environ if environ is None else environ
+    restarts = env.get("SLURM_RESTART_COUNT") or "0"
+    if not (in_job(request, env) and restarts.isdigit() and int(restarts) > 0):
+        return None
+    if list(names) != ["train"]:
+        return None
+    ckpt, _problem = folder.checked_checkpoint()
+    if ckpt is None or ckpt.get("stage") not in (None, "train"):
+        return None
+    start = request.get("fork_step") if request.get("warm_from") else 0
+    start = start if isinstance(start, int) and not isinstance(start, bool) else 0
+    left = start + int(train_steps) - int(ckpt["step"])
+    if left <= 0:
+        return None
+    return {"path": ckpt["path"], "step": int(ckpt["step"]), "steps": left}
