@@ -287,3 +287,18 @@ def test_the_runs_table_renders_again_only_the_cells_whose_value_changed():
             assert "20" in "".join(s.text for s in table.render_lines(table.region.reset_offset))
 
     asyncio.run(go())
+
+
+def test_the_first_frame_does_not_wait_for_numpy_plotext_or_the_other_screens():
+    """They load on first use (numpy on the watcher thread); importing the app must not pull
+    them in, or its start gets slower by their import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cockpit.cli, cockpit.app.main; "
+        "print([m for m in ('numpy', 'plotext', 'cockpit.app.screens.run', "
+        "'cockpit.app.screens.compare', 'cockpit.app.screens.new_run') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
