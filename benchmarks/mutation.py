@@ -35,11 +35,20 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "engine/torchfree/pruning.py",
         ["tests/test_pruning.py", "tests/test_boundaries.py", "-k", "not stage and not speed"],
     ),
-    "slots": ("engine/torchfree/slots.py", ["tests/test_slots.py"]),
+    "slots": (
+        "engine/torchfree/slots/*.py",
+        ["tests/test_slots.py", "tests/test_boundaries.py", "-k", "not stage and not speed"],
+    ),
     "kill": ("cockpit/launch.py", ["tests/test_kill.py", "tests/test_slots.py"]),
     "runfolder": (
         "engine/torchfree/runfolder.py",
-        ["tests/test_runfolder.py", "tests/test_atomic.py", "tests/test_kill.py"],
+        [
+            "tests/test_runfolder.py",
+            "tests/test_runfolder_edges.py",
+            "tests/test_atomic.py",
+            "tests/test_kill.py",
+            "tests/app/test_data.py",
+        ],
     ),
     "preset": ("engine/torchfree/preset.py", ["tests/test_preset.py"]),
     "stage_base": ("engine/stages/base.py", ["tests/test_boundaries.py"]),
@@ -102,10 +111,11 @@ def failing_tests(work: Path, tests: list[str], env: dict) -> list[str]:
 
 
 def results(work: Path, target: str) -> dict[str, int | None]:
-    meta = work / "mutants" / (target + ".meta")
-    if not meta.exists():
-        return {}
-    return json.loads(meta.read_text())["exit_code_by_key"]
+    """Exit code by mutant, over every file the pattern ``target`` names."""
+    codes: dict[str, int | None] = {}
+    for meta in sorted((work / "mutants").glob(target + ".meta")):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
 
 
 def sample(names: list[str], share: int = 3) -> list[str]:
