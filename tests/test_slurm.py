@@ -626,7 +626,7 @@ def test_a_requeued_job_resumes_from_its_latest_checkpoint(tmp_path):
     with SLURM_RESTART_COUNT=1 in the same run folder."""
     ws = tmp_path / "ws"
     p = cockpit(
-        ws, "run", *BLOBS, "--set", "train.steps=150", "--set", "train.checkpoint_every=10",
+        ws, "run", *BLOBS, "--set", "train.steps=1000000", "--set", "train.checkpoint_every=10",
         "--set", "train.eval_every=50", "--launcher", "slurm", "--detach",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -639,12 +639,19 @@ def test_a_requeued_job_resumes_from_its_latest_checkpoint(tmp_path):
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=10)
     wait_for(ws, run_id, lambda r: r["status"] == "queued" and "pending" in (r["queue"] or ""))
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=10)
-    row = wait_for(ws, run_id, lambda r: r["status"] not in ("queued", "running"), timeout=150)
-    assert row["status"] == "passed", row["reason"]
-    summary = json.loads((ws / run_id / "summary.json").read_text())
-    resumed = summary["resumed_from"]
-    assert resumed >= 10 and summary["slurm_restarts"] == 1
-    (train,) = summary["stages"]
-    assert train["metrics"]["steps"] == 150 - resumed and train["metrics"]["end_step"] == 150
-    assert any(c["name"] == "warm_start" and f"from step {resumed}" in c["detail"]
-               for c in train["checks"])  # fmt: skip
+    summary_path = ws / run_id / "summary.json"
+
+    def resumed_and_stepping(row: dict) -> bool:
+        s = json.loads(summary_path.read_text())
+        return (
+            row["status"] == "running" and s.get("resumed_from") and row["step"] > s["resumed_from"]
+        )
+
+    wait_for(ws, run_id, resumed_and_stepping, timeout=150)
+    summary = json.loads(summary_path.read_text())
+    assert summary["resumed_from"] >= 10 and summary["slurm_restarts"] == 1
+    resumes = [e for e in RunFolder(ws / run_id).events() if e.get("event") == "resume"]
+    assert [e["step"] for e in resumes] == [summary["resumed_from"]]
+    k = cockpit(ws, "kill", run_id)  # the rest of the million steps is not needed
+    assert k.returncode == 0, k.stderr
+    assert ls(ws)[run_id]["status"] == "killed"
