@@ -50,7 +50,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/app/test_data.py",
         ],
     ),
-    "preset": ("engine/torchfree/preset.py", ["tests/test_preset.py"]),
+    "preset": (
+        "engine/torchfree/preset.py",
+        ["tests/test_preset.py", "tests/test_preset_edges.py"],
+    ),
     "stage_base": ("engine/stages/base.py", ["tests/test_boundaries.py"]),
     "speed": ("engine/stages/speed.py", ["tests/test_boundaries.py", "-k", "speed"]),
 }
