@@ -439,6 +439,16 @@ def _slurm_reason() -> str | None:
 needs_slurm = pytest.mark.skipif(_slurm_reason() is not None, reason=_slurm_reason() or "")
 
 
+@pytest.fixture
+def ws(tmp_path):
+    """The test's workspace; whatever job a failing test left behind is cancelled after it."""
+    path = tmp_path / "ws"
+    yield path
+    jobs = [r["job_id"] for r in map(slurm.read_record, path.glob("*")) if r]
+    if jobs:
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
+
+
 def cockpit(ws: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cockpit", *args],
@@ -483,8 +493,7 @@ SMALL = ["--set", "train.eval_every=5", "--set", "train.checkpoint_every=5"]
 
 @pytest.mark.slow
 @needs_slurm
-def test_run_is_a_job_that_shows_queued_then_running_on_its_node_then_passed(tmp_path):
-    ws = tmp_path / "ws"
+def test_run_is_a_job_that_shows_queued_then_running_on_its_node_then_passed(ws):
     p = cockpit(
         ws, "run", *BLOBS, *SMALL, "--set", "train.steps=10",
         "--launcher", "slurm", "--slurm", "extra=--hold", "--detach",
@@ -507,8 +516,7 @@ def test_run_is_a_job_that_shows_queued_then_running_on_its_node_then_passed(tmp
 
 @pytest.mark.slow
 @needs_slurm
-def test_a_job_scancelled_from_outside_ends_killed_with_slurms_reason(tmp_path):
-    ws = tmp_path / "ws"
+def test_a_job_scancelled_from_outside_ends_killed_with_slurms_reason(ws):
     p = cockpit(ws, "run", *BLOBS, "--set", "train.steps=100000", "--launcher", "slurm", "--detach")
     assert p.returncode == 0, p.stderr
     (run_id,) = ls(ws)
@@ -526,8 +534,7 @@ def test_a_job_scancelled_from_outside_ends_killed_with_slurms_reason(tmp_path):
 
 @pytest.mark.slow
 @needs_slurm
-def test_ablation_submits_three_jobs_kill_cancels_one_and_the_best_forks_warm(tmp_path):
-    ws = tmp_path / "ws"
+def test_ablation_submits_three_jobs_kill_cancels_one_and_the_best_forks_warm(ws):
     (ws).mkdir()
     (ws / "cockpit.yaml").write_text("launcher: slurm\nslurm: {time: '00:10:00'}\n")
     p = cockpit(
@@ -589,11 +596,10 @@ def test_a_run_started_without_a_choice_follows_the_workspace(tmp_path, fake_sba
 
 @pytest.mark.slow
 @needs_slurm
-def test_parallel_is_lanes_of_singleton_jobs_and_queued_jobs_are_killed_too(tmp_path):
+def test_parallel_is_lanes_of_singleton_jobs_and_queued_jobs_are_killed_too(ws):
     """--parallel 2 on Slurm: job names in two lanes, each job after its lane's previous one
     (--dependency=singleton), so Slurm keeps the cap cluster-wide. Held, so nothing trains:
     killing jobs that never started ends them killed, with Slurm's word."""
-    ws = tmp_path / "ws"
     p = cockpit(
         ws, "ablate", "presets/quickstart.yaml", "--grid", "optimizer.lr=1e-4,1e-3,3e-3",
         "--set", "gpus=0", "--parallel", "2", "--launcher", "slurm",
@@ -620,11 +626,10 @@ def test_parallel_is_lanes_of_singleton_jobs_and_queued_jobs_are_killed_too(tmp_
 
 @pytest.mark.slow
 @needs_slurm
-def test_a_requeued_job_resumes_from_its_latest_checkpoint(tmp_path):
+def test_a_requeued_job_resumes_from_its_latest_checkpoint(ws):
     """`scontrol requeue` is what a preemption with PreemptMode=REQUEUE does to a job: SIGTERM,
     back to PENDING (BeginTime: Slurm holds it ~2 minutes, moved to now here), a new start
     with SLURM_RESTART_COUNT=1 in the same run folder."""
-    ws = tmp_path / "ws"
     p = cockpit(
         ws, "run", *BLOBS, "--set", "train.steps=1000000", "--set", "train.checkpoint_every=10",
         "--set", "train.eval_every=50", "--launcher", "slurm", "--detach",
