@@ -42,10 +42,10 @@ def per_step(steps: int, repeats: int) -> None:
     from torch.utils.data import DataLoader, RandomSampler
 
     from cockpit.launch import create_run
-    from engine.torchfree import preset as presets
     from engine.context import RunContext
     from engine.loop import train_loop
     from engine.targets import add_import_path
+    from engine.torchfree import preset as presets
 
     add_import_path(ROOT / "presets")
     preset = presets.load(ROOT / "presets" / "quickstart.yaml")

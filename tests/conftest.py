@@ -58,8 +58,8 @@ def run_inprocess(
     import signal
 
     from cockpit.launch import create_run
-    from engine.torchfree import preset as presets
     from engine.runner import Runner
+    from engine.torchfree import preset as presets
 
     preset = presets.load(preset_path, overrides)
     folder = create_run(workspace, preset, overrides=overrides or {}, stages=stages)

@@ -13,13 +13,13 @@ import torch
 
 from cockpit.launch import create_run
 from engine import checkpoint
-from engine.torchfree import preset as presets
 from engine.context import RunContext, WaitMeter
 from engine.loop import Readback, train_loop
 from engine.metrics import baseline, evaluate, scores_from_confusion
-from engine.torchfree.runfolder import RunFolder
 from engine.targets import add_import_path
 from engine.telemetry import TelemetrySampler
+from engine.torchfree import preset as presets
+from engine.torchfree.runfolder import RunFolder
 from tests.conftest import ZOO
 
 
