@@ -96,7 +96,7 @@ class Runner:
 
         try:
             if slurm.in_job(self.request):  # Slurm allocated the devices: no local queue
-                self.lease = slurm.job_lease()
+                self.lease = slots.slurm_job_lease()
                 self.save(**slurm.job_fields())
             else:
                 self.lease = slots.acquire(

@@ -29,7 +29,7 @@ import pytest
 from cockpit.args import UsageError
 from cockpit.launchers import choose, parse_slurm_args
 from cockpit.launchers import slurm as launcher
-from engine.torchfree import slurm
+from engine.torchfree import slots, slurm
 from engine.torchfree.runfolder import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,11 +228,11 @@ def test_inside_its_job_the_engine_takes_slurms_devices_without_the_local_queue(
     env = {"SLURM_JOB_ID": "77", "SLURMD_NODENAME": "gpu07", "CUDA_VISIBLE_DEVICES": "2,3"}
     assert slurm.in_job({"launcher": "slurm"}, env)
     assert not slurm.in_job({}, env)  # a local run started inside an salloc: the local queue
-    lease = slurm.job_lease(env)
+    lease = slots.slurm_job_lease(env)
     assert lease.gpus == [2, 3] and lease.env == {}  # Slurm's CUDA_VISIBLE_DEVICES stays
     assert lease.describe() == "Slurm job 77 on gpu07 (GPUs 2,3)"
     lease.release()
-    cpu = slurm.job_lease({"SLURM_JOB_ID": "78"})
+    cpu = slots.slurm_job_lease({"SLURM_JOB_ID": "78"})
     assert cpu.kind == "cpu" and cpu.describe() == "Slurm job 78"
     fields = slurm.job_fields({**env, "SLURM_RESTART_COUNT": "1"})
     assert fields["slurm_job"] == "77" and fields["node"] == "gpu07"

@@ -371,34 +371,6 @@ def in_job(request: dict, environ: dict | None = None) -> bool:
     return request.get("launcher") == "slurm" and bool(env.get("SLURM_JOB_ID"))
 
 
-def job_lease(environ: dict | None = None) -> Any:
-    """The slots of a run inside its Slurm job: what Slurm allocated, no local queue.
-
-    Slurm has already given the job its devices (``--gres=gpu:N`` sets CUDA_VISIBLE_DEVICES
-    in the job), so the engine does not line up in the host's slot queue — that would make
-    jobs of one node wait for each other twice, and cockpit's lock files are per host anyway.
-    The lease changes no environment variable and holds no lock."""
-    from engine.torchfree.slots.leases import Lease
-
-    env = os.environ if environ is None else environ
-    visible = [v.strip() for v in (env.get("CUDA_VISIBLE_DEVICES") or "").split(",") if v.strip()]
-    gpus = [int(v) for v in visible if v.isdigit()]
-    job, node = env.get("SLURM_JOB_ID", "?"), env.get("SLURMD_NODENAME") or ""
-
-    class JobLease(Lease):
-        def describe(self) -> str:
-            where = f"Slurm job {job}" + (f" on {node}" if node else "")
-            if self.kind == "gpu":
-                return (
-                    where
-                    + (" (GPU " if len(self.slots) == 1 else " (GPUs ")
-                    + (",".join(map(str, self.slots)) + ")")
-                )
-            return where
-
-    return JobLease(kind="gpu" if gpus else "cpu", slots=gpus)
-
-
 def job_fields(environ: dict | None = None) -> dict[str, Any]:
     """What the engine records about its job in summary.json: id, node(s), restarts."""
     env = os.environ if environ is None else environ

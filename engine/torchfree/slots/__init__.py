@@ -25,6 +25,7 @@ from engine.torchfree.slots.leases import (
     foreign_processes,
     held_fds,
     slots_root,
+    slurm_job_lease,
 )
 from engine.torchfree.slots.queue import acquire, announce
 from engine.torchfree.slots.views import SlotView, describe_slots, queued_runs, slot_views
@@ -53,4 +54,5 @@ __all__ = [
     "queued_runs",
     "slot_views",
     "slots_root",
+    "slurm_job_lease",
 ]
