@@ -230,3 +230,106 @@ def test_disk_full_below_the_margin(tmp_path):
     assert rf.disk_full(tmp_path, margin=free + (1 << 30))
     assert not rf.disk_full(tmp_path, margin=1)
     assert not rf.disk_full(tmp_path / "missing" / "x")
+
+
+def test_a_jsonl_tail_reads_whole_lines_once_and_skips_garbage(tmp_path):
+    p = tmp_path / "evals.jsonl"
+    tail = rf.JsonlTail(p)
+    assert tail.read_new() == []  # no file yet
+    p.write_bytes(b'{"a": 1}\nnot json\n[1]\n{"b": 2}\n{"c": ')  # the last line is half-written
+    assert tail.read_new() == [{"a": 1}, {"b": 2}]
+    assert tail.read_new() == []  # nothing new: the half line waits
+    with open(p, "ab") as f:
+        f.write(b'3}\n\xff\xfe\n{"d": 4}\n')
+    assert tail.read_new() == [{"c": 3}, {"d": 4}]
+    assert tail.offset == p.stat().st_size
+
+
+def test_steps_decode_whole_records_only(tmp_path):
+    p = tmp_path / "steps.bin"
+    out = rf.StepsAppender(p)
+    out.append_many(
+        [tuple(float(i * 10 + c) for c in range(len(rf.STEP_COLUMNS))) for i in range(3)]
+    )
+    out.close()
+    raw = p.read_bytes()
+    cols = rf.decode_steps(raw + b"\x00" * 17)  # a torn record at the end is left out
+    assert list(cols["step"]) == [0.0, 10.0, 20.0] and list(cols["lr"]) == [8.0, 18.0, 28.0]
+    tail = rf.StepsTail(p)
+    with open(p, "ab") as f:
+        f.write(raw[: rf.RECORD_SIZE // 2])  # half of a fourth record
+    assert len(tail.read_new()) == 3
+    with open(p, "ab") as f:
+        f.write(raw[rf.RECORD_SIZE // 2 : rf.RECORD_SIZE])
+    assert list(tail.read_new()["step"]) == [0.0]  # the fourth, now whole
+    assert len(tail.read_new()) == 0
+
+
+def test_an_older_steps_layout_is_read_by_its_own_header(tmp_path):
+    p = tmp_path / "steps.bin"
+    (tmp_path / "steps.json").write_text(json.dumps({"columns": ["step", "train_loss"]}))
+    import struct
+
+    p.write_bytes(struct.pack("<4d", 1.0, 0.5, 2.0, 0.25))
+    cols = rf.StepsTail(p).read_new()
+    assert list(cols["step"]) == [1.0, 2.0] and list(cols["train_loss"]) == [0.5, 0.25]
+    assert len(cols["val_loss"]) == 2 and all(math.isnan(v) for v in cols["val_loss"])
+    for bad in ({"columns": []}, {"columns": ["a", "a"]}, {"columns": [1]}, {"COLUMNS": ["x"]}):
+        (tmp_path / "steps.json").write_text(json.dumps(bad))
+        assert rf.StepsTail(p).columns == rf.STEP_COLUMNS
+
+
+def test_a_failed_append_is_cut_back_to_the_last_whole_record(tmp_path, monkeypatch):
+    p = tmp_path / "events.jsonl"
+    out = rf.JsonlAppender(p)
+    out.append({"event": "run_start"})
+    good = p.read_bytes()
+    real = os.write
+    calls = []
+
+    def half_then_full(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real(fd, bytes(data)[:5])  # a short write...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr(rf.os, "write", half_then_full)
+    with pytest.raises(OSError) as e:
+        out.append({"event": "stage_start", "stage": "init"})
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
+    assert p.read_bytes() == good  # the torn half is gone
+    assert good == b'{"event":"run_start"}\n'  # compact lines, one per event
+    out.close()
+    assert out.fd == -1
+    out.close()  # twice is harmless
+
+
+def test_a_snapshot_as_json_has_the_path_the_verdicts_and_no_nan(tmp_path):
+    snap = rf.RunSnapshot(
+        run_id="r",
+        path=tmp_path / "r",
+        preset="p",
+        status="passed",
+        verdicts=[("init", "pass")],
+        train_loss=math.nan,
+        val_loss=0.5,
+    )
+    j = snap.to_json()
+    assert j["path"] == str(tmp_path / "r") and j["verdicts"] == [["init", "pass"]]
+    assert j["train_loss"] is None and j["val_loss"] == 0.5 and j["run_id"] == "r"
+    json.dumps(j, allow_nan=False)
+
+
+def test_process_alive_checks_the_start_time_and_the_host():
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    proc = {"pid": me.pid, "create_time": me.create_time()}
+    assert rf.process_alive(proc) is True
+    assert rf.process_alive({**proc, "create_time": me.create_time() - 100}) is False  # reused
+    assert rf.process_alive({**proc, "host": socket.gethostname()}) is True
+    assert rf.process_alive({**proc, "host": "another-machine"}) is None
+    assert rf.process_alive(None) is False and rf.process_alive({"pid": 1}) is False
