@@ -58,8 +58,14 @@ class GeneralizeStage(Stage):
         val_loader = ctx.val_loader()
         evals: list[tuple[int, dict]] = []
 
+        per_sample: list = []  # the last step's per-sample values, for the intervals
+
         def run_eval(step: int) -> None:
-            m = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
+            if step == s.steps:  # the last one: per-sample values too, in the same pass
+                m, per = evaluate_samples(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
+                per_sample[:] = [per]
+            else:
+                m = evaluate(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
             ctx.log_eval(step, m)
             evals.append((step, m))
 
@@ -88,14 +94,16 @@ class GeneralizeStage(Stage):
                 {"steps": result.steps},
             )
         end_step = result.rows[-1].step if result.rows else 0
-        logged = bool(evals) and evals[-1][0] == end_step
-        if logged:
-            evals.pop()
-        final, per_sample = evaluate_samples(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
-        if not logged:
-            ctx.log_eval(end_step, final)
-        evals.append((end_step, final))
-        start, end = evals[0][1], final
+        if not (per_sample and evals[-1][0] == end_step):  # ended early: evaluate here
+            logged = bool(evals) and evals[-1][0] == end_step
+            if logged:
+                evals.pop()
+            final, per = evaluate_samples(model, val_loader, ctx.loss_fn, ctx.task, ctx.device)
+            if not logged:
+                ctx.log_eval(end_step, final)
+            evals.append((end_step, final))
+            per_sample[:] = [per]
+        start, end = evals[0][1], evals[-1][1]
         metric = MAIN_METRIC[ctx.task]
         kw = reader_kwargs(ctx)
         train_t = collect_targets(ctx.data.train, loader_kwargs=kw)
@@ -119,7 +127,9 @@ class GeneralizeStage(Stage):
         for k in ("macro_f1", "pixel_acc"):
             if k in end:
                 metrics[k] = end[k]
-        metric_check, interval = self.check_beats_baseline(metric, end, base, per_sample, metrics)
+        metric_check, interval = self.check_beats_baseline(
+            metric, end, base, per_sample[0], metrics
+        )
         checks = [
             self.check_val_loss(end, base_loss, metrics, result.steps),
             metric_check,
