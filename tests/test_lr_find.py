@@ -130,3 +130,14 @@ def test_the_quickstart_suggestion_is_within_3x_of_the_best_of_a_grid(workspace)
     losses = grid_losses(workspace)
     best = min(losses, key=losses.get)
     assert best / 3 <= lr <= best * 3, (lr, losses)
+
+
+def test_an_overfit_stage_that_blames_the_learning_rate_points_to_lr_find(workspace):
+    from tests.conftest import ZOO, run_inprocess, stage
+
+    code, summary, _ = run_inprocess(
+        ZOO / "blobs.yaml", workspace, overrides={"optimizer.lr": 1e-7}, stages=["overfit_one"]
+    )
+    reason = stage(summary, "overfit_one")["reason"]
+    assert code == 1 and "barely moved" in reason
+    assert "--stages lr_find` measures one" in reason and "blobs.yaml" in reason

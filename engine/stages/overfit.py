@@ -175,12 +175,13 @@ class OverfitStage(Stage):
                 f"diverged on {what}: train loss {curve}, above its start by half again from step "
                 f"{shape.since}; lower the learning rate (now {lr:g})"
                 + (f" — {why}" if why else "")
+                + _lr_find_hint(ctx)
             )
         if shape.kind == "oscillating":
             return "fail", (
                 f"the loss oscillates on {what}: {shape.rises} jumps back up by more than a tenth "
                 f"of its way down since step {shape.since} ({curve}): the learning rate {lr:g} is "
-                f"too high for this model — lower it 3–10×"
+                f"too high for this model — lower it 3–10×{_lr_find_hint(ctx)}"
             )
         if result.stopped == "seconds":
             return "warn", (
@@ -211,11 +212,12 @@ class OverfitStage(Stage):
         if stalled:
             return (
                 "fail",
-                f"the loss barely moved on {what}: {curve} in {result.steps} steps; {stalled}",
+                f"the loss barely moved on {what}: {curve} in {result.steps} steps; {stalled}"
+                + (_lr_find_hint(ctx) if "learning rate" in stalled else ""),
             )
         why = lr_diagnosis(report, lr)
         if why:
-            return "fail", f"plateaued on {what} ({curve}): {why}"
+            return "fail", f"plateaued on {what} ({curve}): {why}{_lr_find_hint(ctx)}"
         named = recognise(shape.end, shape.start, shape.floor, floors)
         if named:
             return "fail", (
@@ -228,12 +230,12 @@ class OverfitStage(Stage):
             return "fail", (
                 f"the loss barely moved on {what}: {curve} in {result.steps} steps; raise the "
                 f"learning rate (now {lr:g}) or check that gradients reach the weights (init "
-                f"stage) — {report.summary()}"
+                f"stage) — {report.summary()}{_lr_find_hint(ctx)}"
             )
         return "fail", (
             f"plateaued on {what}: train loss {curve}, flat over the last steps at {to_floor}: the "
             f"model cannot memorise {what} — more capacity, or another learning rate (now {lr:g}; "
-            f"{report.summary()})"
+            f"{report.summary()}){_lr_find_hint(ctx)}"
         )
 
     def plateau_cause(self, ctx, model, batch, what, shape) -> str | None:
@@ -388,3 +390,12 @@ def _round_steps(x: float) -> str:
 
 def _close(u: float, v: float) -> bool:
     return abs(u - v) <= 1e-5 * max(abs(u), abs(v)) + 1e-7
+
+
+def _lr_find_hint(ctx: RunContext) -> str:
+    """Where a verdict blames the learning rate: the stage that measures a good one."""
+    preset = ctx.request.get("preset_path") or str(ctx.preset.path)
+    return (
+        f"; `cockpit run {preset} --stages lr_find` measures one (an LR range test that prints "
+        "--set optimizer.lr=... ready to paste)"
+    )
