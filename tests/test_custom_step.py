@@ -26,6 +26,18 @@ from engine.torchfree.losses import LossesTail, LossesWriter, read_names
 from engine.torchfree.preset import PresetError
 from tests.conftest import ROOT, run_inprocess, stage
 
+
+@pytest.fixture(autouse=True)
+def _fresh_user_module():
+    """Tests here write their own ``mytask.py``: one imported by an earlier test in the same
+    worker must not answer for the next one's."""
+    import sys
+
+    sys.modules.pop("mytask", None)
+    yield
+    sys.modules.pop("mytask", None)
+
+
 DOC = ROOT / "docs" / "custom-step.md"
 
 
