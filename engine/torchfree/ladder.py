@@ -5,7 +5,8 @@ here as a dataclass; the stage's code lives in ``engine/stages/<name>.py`` and i
 only inside the engine process. Adding a stage: one settings class and one ``STAGES`` line
 here, one module under ``engine/stages/``.
 
-Every field carries a one-line ``doc``: README's stage table and error messages use it.
+Every field carries a one-line ``doc``: ``settings_table()`` writes README's table of stage
+settings from them (tests/test_docs.py keeps the two in step).
 """
 
 from __future__ import annotations
@@ -278,3 +279,24 @@ def settings_fields(name: str) -> dict[str, dataclasses.Field]:
 def stage_settings(name: str, values: dict[str, Any] | None) -> Any:
     """The stage's settings dataclass filled from a validated preset section."""
     return STAGES[name].settings(**(values or {}))
+
+
+def _default(f: dataclasses.Field) -> str:
+    value = f.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_table() -> str:
+    """README's table of every stage's settings: name, default and what it does."""
+    rows = ["| stage | setting (default): what it does |", "|---|---|"]
+    for name in STAGES:
+        parts = [
+            f"`{f.name}` ({_default(f)}): {f.metadata.get('doc', '')}"
+            for f in dataclasses.fields(STAGES[name].settings)
+        ]
+        rows.append(f"| `{name}` | {' · '.join(parts) or '—'} |")
+    return "\n".join(rows)
