@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, default_collate
 from engine.context import RunContext, UserCodeError
 from engine.data import move
 from engine.loop import LoopResult, freeze_batchnorm
-from engine.stages.base import fmt
+from engine.stages.base import Check, fmt
 
 
 def regularizers(model: nn.Module) -> dict[str, list[str]]:
@@ -209,3 +209,26 @@ def curve_shape(rows: list, floor: float, target: float, reached: bool = False) 
             shape.more_steps = 0.0
         return shape
     return shape
+
+
+def tricks_check(model: nn.Module, optimizer, scheduler_target: str | None) -> Check:
+    """The recipe starts without dropout, batchnorm, weight decay or an LR schedule: which are on."""
+    found = regularizers(model)
+    parts = []
+    if found["dropout"]:
+        parts.append(f"dropout ({', '.join(found['dropout'][:3])})")
+    if found["batchnorm"]:
+        parts.append(f"batchnorm ×{len(found['batchnorm'])}")
+    wd = max((g.get("weight_decay", 0) or 0) for g in optimizer.param_groups)
+    if wd:
+        parts.append(f"weight decay {wd:g}")
+    if scheduler_target:
+        parts.append(f"LR schedule ({scheduler_target.rsplit('.', 1)[-1]})")
+    if parts:
+        return Check(
+            "tricks_off",
+            "warn",
+            f"tricks are on: {'; '.join(parts)} — the recipe starts without them and adds "
+            "them back once the ladder passes",
+        )
+    return Check("tricks_off", "pass", "no dropout, batchnorm, weight decay or LR schedule")

@@ -20,10 +20,10 @@ from engine.stages.common import (
     curve_shape,
     head_mean,
     nonfinite_reason,
-    regularizers,
     repeat,
     switch_off_regularizers,
     tail_mean,
+    tricks_check,
 )
 
 
@@ -100,24 +100,7 @@ def init_stage(ctx: RunContext, settings: Any) -> Any:
         )
     )
     optimizer = ctx.build_optimizer(model)
-    found = regularizers(model)
-    tricks = []
-    if found["dropout"]:
-        tricks.append(f"dropout ({', '.join(found['dropout'][:3])})")
-    if found["batchnorm"]:
-        tricks.append(f"batchnorm ×{len(found['batchnorm'])}")
-    wd = max((g.get("weight_decay", 0) or 0) for g in optimizer.param_groups)
-    if wd:
-        tricks.append(f"weight decay {wd:g}")
-    checks.append(
-        Check(
-            "tricks_off",
-            "warn",
-            f"tricks are on: {'; '.join(tricks)} — the recipe adds them back once the ladder passes",
-        )
-        if tricks
-        else Check("tricks_off", "pass", "no dropout, batchnorm or weight decay")
-    )
+    checks.append(tricks_check(model, optimizer, ctx.preset.get("scheduler._target_")))
     step = TrainStep(model, optimizer, ctx.loss_fn, device=ctx.device, custom=ctx.custom)
     val_batch = move(collate_any(ctx.data.val, list(range(min(len(ctx.data.val), n)))), ctx.device)
     loss = float(step.val_loss(val_batch))

@@ -23,7 +23,7 @@ from engine.context import RunContext, UserCodeError
 from engine.diagnosis import contracts, datastats, health, randomness
 from engine.loop import move
 from engine.stages.base import Check, Stage, Verdict, fmt, from_checks
-from engine.stages.common import collate, reader_kwargs, regularizers
+from engine.stages.common import collate, reader_kwargs, tricks_check
 
 _ADVICE = {"tricks_off", "parameters", "class_balance"}
 
@@ -282,25 +282,7 @@ class InitStage(Stage):
 
     # ---- model -------------------------------------------------------------------
     def check_tricks(self, ctx: RunContext, model: nn.Module, optimizer) -> Check:
-        found = regularizers(model)
-        parts = []
-        if found["dropout"]:
-            parts.append(f"dropout ({', '.join(found['dropout'][:3])})")
-        if found["batchnorm"]:
-            parts.append(f"batchnorm ×{len(found['batchnorm'])}")
-        wd = max((g.get("weight_decay", 0) or 0) for g in optimizer.param_groups)
-        if wd:
-            parts.append(f"weight decay {wd:g}")
-        if ctx.preset.get("scheduler") is not None:
-            parts.append(f"LR schedule ({ctx.preset.get('scheduler._target_').rsplit('.', 1)[-1]})")
-        if parts:
-            return Check(
-                "tricks_off",
-                "warn",
-                f"tricks are on: {'; '.join(parts)} — the recipe starts without them and adds "
-                "them back once the ladder passes",
-            )
-        return Check("tricks_off", "pass", "no dropout, batchnorm, weight decay or LR schedule")
+        return tricks_check(model, optimizer, ctx.preset.get("scheduler._target_"))
 
     def check_loss_at_init(self, ctx, model, task: str, classes, metrics: dict) -> Check:
         s = self.settings
