@@ -253,20 +253,23 @@ class TrainStep:
         """Backward, clip and step: the preset's optimizer and model, or the ones named (a
         custom step that updates several models in turn calls this once per optimizer)."""
         optimizer = optimizer if optimizer is not None else self.optimizer
-        params = list(parameters if parameters is not None else self.model.parameters())
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
             if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                self._clip(parameters)
             optimizer.step()
         else:
             self.scaler.scale(loss).backward()
             if self.grad_clip:
                 self.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+                self._clip(parameters)
             self.scaler.step(optimizer)
             self.scaler.update()
+
+    def _clip(self, parameters: Any) -> None:
+        params = parameters if parameters is not None else self.model.parameters()
+        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
 
     @torch.no_grad()
     def val_loss(self, batch: Any) -> torch.Tensor:
