@@ -173,3 +173,22 @@ def test_the_imbalance_advice_works_as_written(workspace):
     model = ctx.build_model()
     result = train_loop(ctx, model, ctx.build_optimizer(model), ctx.train_batches(), steps=3)
     assert result.steps == 3 and all(math.isfinite(x) for x in result.train_losses)
+
+
+@pytest.mark.parametrize(("steps", "evals"), [(40, [20, 40]), (50, [20, 40, 50])])
+def test_the_train_stage_evaluates_its_last_step_once(workspace, steps, evals):
+    """A run whose last step is an eval step gets one row for it in evals.jsonl, not two (the
+    periodic eval and the final one used to log the same step twice); one that ends between
+    eval steps gets its final evaluation as its own row."""
+    from engine.torchfree.runfolder import RunFolder
+    from tests.conftest import run_inprocess, stage
+
+    overrides = {"train.steps": steps, "train.eval_every": 20, "train.checkpoint_every": 20}
+    code, summary, path = run_inprocess(BLOBS, workspace, overrides=overrides, stages=["train"])
+    assert code == 0, summary
+    folder = RunFolder(path)
+    assert [e["step"] for e in folder.evals()] == evals
+    assert folder.latest_checkpoint()["step"] == steps
+    train = stage(summary, "train")
+    final = folder.evals()[-1]
+    assert train["metrics"]["final_val_loss"] == pytest.approx(final["val_loss"])

@@ -45,16 +45,19 @@ class TrainStage(Stage):
         model, optimizer, scheduler, start_step, checks = prepare(ctx)
         val_loader = ctx.val_loader()
         last_eval: dict = {}
+        done = {"eval": -1, "checkpoint": -1}  # the step of the last periodic eval/checkpoint
 
         def periodic(step: int) -> None:
             if s.eval_every and step % s.eval_every == 0:
                 last_eval.clear()
                 last_eval.update(_evaluate(ctx, model, val_loader))
+                done["eval"] = step
                 if lead:
                     ctx.log_eval(step, last_eval)
                     ctx.on_eval(step, last_eval)
             if lead and s.checkpoint_every and step % s.checkpoint_every == 0:
                 checkpoint.save(ctx.folder, model, optimizer, step, self.name)
+                done["checkpoint"] = step
 
         try:
             result = train_loop(
@@ -84,9 +87,13 @@ class TrainStage(Stage):
             return Verdict("fail", nonfinite_reason(result, lr), checks, {"steps": result.steps})
         if not lead:
             return Verdict("pass", "")
-        checkpoint.save(ctx.folder, model, optimizer, end_step, self.name)
-        final = _evaluate(ctx, model, val_loader)
-        ctx.log_eval(end_step, final)
+        if done["checkpoint"] != end_step:
+            checkpoint.save(ctx.folder, model, optimizer, end_step, self.name)
+        if done["eval"] == end_step:  # the last step was an eval step: one row, not two
+            final = dict(last_eval)
+        else:
+            final = _evaluate(ctx, model, val_loader)
+            ctx.log_eval(end_step, final)
         verdict = summarize(result, final, end_step, checks, ctx.task)
         if ranks is not None:
             verdict.reason += f" (DDP: {ranks.world} processes, {ranks.backend})"
