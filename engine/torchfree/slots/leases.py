@@ -54,7 +54,7 @@ def slots_root(workspace: Path) -> Path:
 
 def demand(preset: dict, gpus: list[int], cpu_slots: int) -> tuple[str, int]:
     """What a (resolved) preset needs here: ("gpu", n GPUs) or ("cpu", n CPU slots)."""
-    wanted = preset.get("gpus", 1)
+    wanted = preset.get("gpus")
     wanted = wanted if isinstance(wanted, int) and wanted >= 0 else 1
     device = str(preset.get("device") or "auto")
     if device.startswith("cuda"):
@@ -167,7 +167,7 @@ def write_holder(fd: int, ask: Ask) -> None:
 
 def read_holder(path: Path) -> dict:
     try:
-        return json.loads(path.read_text() or "{}")
+        return json.loads(path.read_text())  # an empty file (nothing written yet) too
     except (OSError, json.JSONDecodeError):
         return {}
 

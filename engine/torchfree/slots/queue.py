@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.torchfree.runfolder import RunFolder, process_alive, read_json
+from engine.torchfree.slots import leases
 from engine.torchfree.slots.devices import cpu_slot_count, gpu_indices, physical_cores
 from engine.torchfree.slots.leases import (
     BOOT_S,
@@ -70,12 +71,11 @@ def announce(folder: RunFolder) -> None:
 class Waiter:
     """One queued run: its ticket, its group token, and its attempts at the slots."""
 
-    def __init__(self, root: Path, ask: Ask, gpus: list[int], workspace: Path):
+    def __init__(self, root: Path, ask: Ask, gpus: list[int]):
         self.root = root
         self.queue = root / "queue"
         self.ask = ask
         self.gpus = gpus
-        self.workspace = workspace
         self.stem = f"{ask.created:017.6f}-{ask.run_id}"
         self.phase = "group" if ask.parallel else "line"
         self.ticket_fd: int | None = None
@@ -122,10 +122,8 @@ class Waiter:
                 continue
             stem, _, phase = name.rpartition(".")
             if stem == self.stem:
-                if phase == self.phase:
-                    out.append(
-                        Ticket(name, self.phase, {"kind": self.ask.kind, "group": self.ask.group})
-                    )
+                if phase == self.phase:  # its own: only its place is read, not its info
+                    out.append(Ticket(name, self.phase, {}))
                 continue
             path = self.queue / name
             if not ticket_alive(path):
@@ -244,9 +242,8 @@ def ticket_alive(path: Path) -> bool:
     """Whether a ticket's run still waits; a dead engine's ticket is removed on the way."""
     if path.suffix == ".new":
         info = read_holder(path)
-        proc = (
-            read_json(Path(info.get("run_dir", "")) / "proc.json") if info.get("run_dir") else None
-        )
+        run_dir = info.get("run_dir")
+        proc = read_json(Path(run_dir) / "proc.json") if run_dir else None
         alive = (
             process_alive(proc) is not False
             if proc
@@ -286,7 +283,6 @@ def acquire(
 
     ``on_wait`` gets ``{"queue": "2nd in line for 1 GPU", "queue_position": 2}`` whenever the
     run's place changes. Raises SlotError when the run can never fit on this machine."""
-    global current_holder
     workspace = folder.path.parent
     gpus = gpu_indices()
     cpu_slots = cpu_slot_count(workspace)
@@ -294,8 +290,8 @@ def acquire(
     check_fits(ask.kind, ask.need, gpus)
     root = slots_root(workspace)
     mkdirs(root)
-    waiter = Waiter(root, ask, gpus, workspace)
-    shown: dict | None = None
+    waiter = Waiter(root, ask, gpus)
+    shown: dict = {}  # what on_wait was last told (a place is never empty)
     with mutex(root):
         waiter.enqueue()
     try:
@@ -303,7 +299,7 @@ def acquire(
             with mutex(root):
                 lease, place = waiter.poll(cpu_slot_count(workspace))
             if lease is not None:
-                current_holder = lease
+                leases.current_holder = lease  # held_fds() hands its locks to torchrun
                 return lease
             if place != shown:
                 on_wait(place)

@@ -38,7 +38,7 @@ def slot_views(workspace: Path) -> list[SlotView]:
     root = slots_root(workspace)
     gpus = gpu_indices()
     kind, indices = ("gpu", gpus) if gpus else ("cpu", list(range(cpu_slot_count(workspace))))
-    foreign = foreign_processes(root, gpus) if gpus else {}
+    foreign = foreign_processes(root, gpus)  # {} without GPUs
     out = []
     for i in indices:
         path = root / f"{kind}-{i}.lock"
@@ -63,9 +63,7 @@ def queued_runs(workspace: Path) -> list[str]:
 
 def describe_slots(workspace: Path) -> str:
     """One line for `cockpit ls`: 'GPUs: 0 quickstart-… · 1 free · 2 free, 1 foreign process …'."""
-    views = slot_views(workspace)
-    if not views:
-        return ""
+    views = slot_views(workspace)  # never empty: at least one CPU slot
     if views[0].kind == "cpu":
         busy = sum(1 for v in views if v.run_id)
         queued = len(queued_runs(workspace))
