@@ -35,9 +35,18 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "engine/torchfree/pruning.py",
         ["tests/test_pruning.py", "tests/test_boundaries.py", "-k", "not stage and not speed"],
     ),
+    # slots: the fast in-process unit tests only (one poll at a time, fake clocks, a stand-in
+    # NVML); tests/test_slots.py's threads and engine processes wait on the queue, so a
+    # mutant that breaks it would cost each of them its timeout
     "slots": (
         "engine/torchfree/slots/*.py",
-        ["tests/test_slots.py", "tests/test_boundaries.py", "-k", "not stage and not speed"],
+        [
+            "tests/test_slots_units.py",
+            "tests/test_boundaries.py",
+            "-k",
+            "slots_units or what_a_preset_asks_for or fits_with_exactly or cpu_slots_from_one_up"
+            " or waiting_run_is_said",
+        ],
     ),
     "kill": ("cockpit/launch.py", ["tests/test_kill.py", "tests/test_slots.py"]),
     "runfolder": (
