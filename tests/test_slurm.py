@@ -221,6 +221,71 @@ def test_squeue_that_hangs_is_cut_off(tmp_path, monkeypatch):
     assert slurm.query(["1"], timeout=0.5) == ({}, False)
 
 
+PRUNED = {"metric": "val_loss", "step": 10, "reason": "pruned: val_loss 1.6 at step 10 is worse"}
+
+
+def test_a_pruned_run_keeps_the_rules_reason_when_slurm_says_cancelled():
+    """The engine cancels its own job when pruned: Slurm's CANCELLED must not turn `pruned`
+    into `killed (scancel)` — neither after the engine wrote its end nor before (SIGKILL)."""
+    done = _live("killed", reason=PRUNED["reason"], pruned=PRUNED)
+    s, news = slurm.overlay(done, REC, slurm.Job("42", "CANCELLED"), True)
+    assert news and s["status"] == "killed" and s["reason"] == PRUNED["reason"]
+    assert s["slurm_state"] == "CANCELLED"
+    cut_short = _live("running", current_stage="train", pruned=PRUNED)  # from pruned.json
+    s, news = slurm.overlay(cut_short, REC, slurm.Job("42", "CANCELLED"), True, now=7.0)
+    assert news and s["status"] == "killed" and s["reason"] == PRUNED["reason"]
+    assert s["ended"] == 7.0 and s["current_stage"] is None
+    failed = slurm.overlay(cut_short, REC, slurm.Job("42", "NODE_FAIL"), True)[0]
+    assert failed["status"] == "error"  # a node failure is still one
+
+
+def test_the_pruned_decision_on_disk_survives_a_sigkill_before_the_engine_wrote_it(
+    tmp_path, monkeypatch
+):
+    folder = _folder(tmp_path, _live("running", created=0.0))
+    (folder.path / slurm.PRUNED_JSON).write_text(json.dumps({"job_id": "42", "pruned": PRUNED}))
+    monkeypatch.setattr(slurm, "JOBS", slurm.Jobs(ttl=0))
+    monkeypatch.setattr(
+        slurm, "query", lambda ids, timeout=0: ({"42": slurm.Job("42", "CANCELLED")}, True)
+    )
+    s = folder.state()
+    assert s["status"] == "killed" and s["reason"] == PRUNED["reason"] and s["pruned"] == PRUNED
+    on_disk = json.loads(folder.file("summary.json").read_text())
+    assert on_disk["reason"] == PRUNED["reason"] and on_disk["slurm_state"] == "CANCELLED"
+
+
+def _fake_scancel(tmp_path, monkeypatch, code=0):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "scancel.args"
+    (bin_dir / "scancel").write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\necho "scancel: error: no" >&2\nexit {code}\n'
+    )
+    (bin_dir / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_pruning_inside_a_job_writes_the_decision_then_scancels_its_own_job(tmp_path, monkeypatch):
+    log = _fake_scancel(tmp_path, monkeypatch)
+    folder = _folder(tmp_path, _live("running"))
+    env = {"SLURM_JOB_ID": "42"}
+    assert slurm.cancel_pruned(folder, {}, PRUNED, env) is None  # a local run: no Slurm
+    assert not log.exists()
+    assert slurm.cancel_pruned(folder, {"launcher": "slurm"}, PRUNED, env) == "scancel"
+    assert log.read_text().split() == ["42"]
+    assert slurm.read_pruned(folder.path) == PRUNED
+    assert slurm.cancel_pruned(folder, {"launcher": "slurm"}, PRUNED, env) is None  # once
+    assert log.read_text().split() == ["42"]
+
+
+def test_pruning_stops_the_run_itself_when_scancel_is_refused(tmp_path, monkeypatch):
+    _fake_scancel(tmp_path, monkeypatch, code=1)
+    folder = _folder(tmp_path, _live("running"))
+    got = slurm.cancel_pruned(folder, {"launcher": "slurm"}, PRUNED, {"SLURM_JOB_ID": "42"})
+    assert got == "self" and slurm.read_pruned(folder.path) == PRUNED
+
+
 # ---------------------------------------------------------------- inside the job
 
 
@@ -241,8 +306,9 @@ def test_inside_its_job_the_engine_takes_slurms_devices_without_the_local_queue(
 
 
 class _Ckpt:
-    def __init__(self, info):
+    def __init__(self, info, path=Path("/nonexistent-run")):
         self.info = info
+        self.path = path
 
     def checked_checkpoint(self):
         return self.info, None if self.info else "none"
@@ -255,7 +321,8 @@ def test_a_requeued_train_run_resumes_from_its_own_checkpoint_for_the_steps_left
     ckpt = {"path": "/ws/r/checkpoints/step_40.pt", "step": 40, "stage": "train"}
     req = {"launcher": "slurm"}
     plan = slurm.resume_plan(_Ckpt(ckpt), req, ["train"], 100, JOB_ENV)
-    assert plan == {"path": ckpt["path"], "step": 40, "steps": 60}
+    assert plan == {"path": ckpt["path"], "step": 40, "steps": 60, "cut": plan["cut"]}
+    assert not any(plan["cut"].values())  # no logs here to cut
     warm = {**req, "warm_from": "/ws/p/checkpoints/step_20.pt", "fork_step": 20}
     assert slurm.resume_plan(_Ckpt(ckpt), warm, ["train"], 100, JOB_ENV)["steps"] == 80
     first = {"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "0"}
@@ -265,6 +332,52 @@ def test_a_requeued_train_run_resumes_from_its_own_checkpoint_for_the_steps_left
     assert slurm.resume_plan(_Ckpt(ckpt), {}, ["train"], 100, JOB_ENV) is None  # local run
     done = {**ckpt, "step": 100}
     assert slurm.resume_plan(_Ckpt(done), req, ["train"], 100, JOB_ENV) is None
+
+
+def _steps_file(path: Path, steps: list[int]) -> None:
+    from engine.torchfree.runfolder import STEP_COLUMNS, StepsAppender
+
+    out = StepsAppender(path)
+    out.append_many([(st, 0.0, 0.0, *([1.0] * (len(STEP_COLUMNS) - 3))) for st in steps])
+    out.close()
+
+
+def test_a_requeued_run_cuts_what_its_first_attempt_logged_after_the_checkpoint(tmp_path):
+    """Requeue without duplicates: the first attempt logged steps 1..47 and evals at 10..40,
+    its last checkpoint is step 40; the resumed attempt logs 41.. again. The cut happens when
+    the plan is made, before anything is appended, so each step is on disk once."""
+    import struct
+
+    from engine.torchfree import losses
+    from engine.torchfree.runfolder import StepsTail
+
+    run = tmp_path / "r"
+    run.mkdir()
+    _steps_file(run / "steps.bin", list(range(1, 48)))
+    with open(run / "steps.bin", "ab") as f:
+        f.write(b"\0" * 5)  # a torn last record of the killed attempt goes too
+    rows = [{"stage": "train", "step": st, "val_loss": 1.0} for st in (10, 20, 30, 40)]
+    (run / "evals.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "train", "step": 45, "val'
+    )
+    (run / "losses.bin").write_bytes(  # records of step, stage, name, value
+        b"".join(struct.pack("<4d", st, 0, 0, 0.5) for st in (39, 40, 41, 42))
+    )
+    folder = _Ckpt({"path": str(run / "c.pt"), "step": 40, "stage": "train"}, run)
+    plan = slurm.resume_plan(folder, {"launcher": "slurm"}, ["train"], 100, JOB_ENV)
+    assert plan["step"] == 40 and plan["steps"] == 60
+    assert plan["cut"] == {"steps.bin": 7, "losses.bin": 2, "evals.jsonl": 1}
+    assert list(StepsTail(run / "steps.bin").read_new()["step"]) == list(range(1, 41))
+    assert (run / "steps.bin").stat().st_size % 72 == 0
+    assert [r["step"] for r in RunFolder(run).evals()] == [10, 20, 30, 40]
+    assert (run / "losses.bin").stat().st_size == 2 * losses.RECORD_BYTES
+    # the second attempt logs 41..; requeued again at checkpoint 50: cut again, idempotent
+    _steps_file(run / "steps.bin", list(range(41, 56)))
+    again = slurm.cut_logs_after(folder, 50)
+    assert again["steps.bin"] == 5
+    steps = list(StepsTail(run / "steps.bin").read_new()["step"])
+    assert steps == list(range(1, 51)) and len(set(steps)) == len(steps)
+    assert slurm.cut_logs_after(folder, 50) == {"steps.bin": 0, "losses.bin": 0, "evals.jsonl": 0}
 
 
 # ---------------------------------------------------------------- settings
@@ -657,6 +770,138 @@ def test_a_requeued_job_resumes_from_its_latest_checkpoint(ws):
     assert summary["resumed_from"] >= 10 and summary["slurm_restarts"] == 1
     resumes = [e for e in RunFolder(ws / run_id).events() if e.get("event") == "resume"]
     assert [e["step"] for e in resumes] == [summary["resumed_from"]]
+    # each step once: what the first attempt logged after its checkpoint was cut at resume
+    steps = [int(x) for x in RunFolder(ws / run_id).steps()["step"]]
+    assert steps == list(range(1, len(steps) + 1)), "duplicate or missing steps after requeue"
+    assert len(steps) > summary["resumed_from"]
+    evals = [e["step"] for e in RunFolder(ws / run_id).evals()]
+    assert len(evals) == len(set(evals))
     k = cockpit(ws, "kill", run_id)  # the rest of the million steps is not needed
     assert k.returncode == 0, k.stderr
     assert ls(ws)[run_id]["status"] == "killed"
+
+
+PRUNE = "prune={rule: median, metric: val_loss, warmup_steps: 10, every: 10, min_peers: 2}"
+
+
+def _squeue_state(job: str) -> str:
+    p = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    return p.stdout.strip()
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_ablation_prunes_through_scancel_and_the_best_forks_warm_as_another_job(ws):
+    """Issue 12's "done when": three jobs, one pruned through scancel (its job CANCELLED, its
+    summary still `pruned` with the rule's reason), the best forked warm as a fourth job.
+
+    Held at submit, so the order is fixed: the two good learning rates train first (each has
+    one peer only: never judged), then 1e-4 starts and is judged against both from step 10
+    (on 512 shapes its val loss stays near ln 5 while theirs falls: 1.596 against 1.56 and
+    1.37 at step 50)."""
+    ws.mkdir()
+    (ws / "cockpit.yaml").write_text("launcher: slurm\nslurm: {time: '00:10:00'}\n")
+    p = cockpit(
+        ws, "ablate", "presets/quickstart.yaml", "--grid", "optimizer.lr=1e-4,1e-3,3e-3",
+        "--set", "gpus=0", "--set", "train.steps=80", "--set", "data.n_train=512",
+        "--set", "data.n_val=128", *SMALL, "--set", "train.eval_every=10", "--set", PRUNE,
+        "--slurm", "extra=--hold", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    lr = {r: RunFolder(ws / r).summary()["overrides"]["optimizer.lr"] for r in ls(ws)}
+    assert sorted(lr.values()) == [1e-4, 1e-3, 3e-3]
+    jobs = {r: job_of(ws, r) for r in lr}
+    assert len(set(jobs.values())) == 3  # three batch jobs
+    (victim,) = [r for r, v in lr.items() if v == 1e-4]
+    good = [r for r in lr if r != victim]
+    subprocess.run(["scontrol", "release", *(jobs[r] for r in good)], check=True, timeout=10)
+    for r in good:
+        done = wait_for(ws, r, lambda r: r["status"] not in ("queued", "running"), timeout=240)
+        assert done["status"] == "passed", done["reason"]
+    subprocess.run(["scontrol", "release", jobs[victim]], check=True, timeout=10)
+    pruned_json = ws / victim / slurm.PRUNED_JSON
+    deadline = time.monotonic() + 180
+    while not pruned_json.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pruned_json.exists(), RunFolder(ws / victim).log_tail()
+    decided = json.loads(pruned_json.read_text())["decided"]
+    while _squeue_state(jobs[victim]) not in ("CANCELLED",) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone = time.time() - decided
+    print(f"pruned -> job gone (squeue CANCELLED): {gone:.2f} s")
+    assert _squeue_state(jobs[victim]) == "CANCELLED"  # ended by Slurm, processes gone
+    row = wait_for(ws, victim, lambda r: r["status"] not in ("queued", "running") and r["slurm_state"])  # fmt: skip
+    summary = json.loads((ws / victim / "summary.json").read_text())
+    assert row["status"] == "killed" and row["slurm_state"] == "CANCELLED"
+    assert summary["pruned"]["peers"] == 2 and summary["pruned"]["step"] >= 10
+    assert row["reason"] == summary["reason"] == summary["pruned"]["reason"]  # not Slurm's words
+    assert row["reason"].startswith("pruned: val_loss")
+    assert "pruned: scancel" in (ws / victim / "engine.log").read_text()
+    from cockpit.app.formatting import display_status
+
+    assert display_status(RunFolder(ws / victim).snapshot()) == "pruned"  # as the app shows it
+    best = min(good, key=lambda r: RunFolder(ws / r).last_eval()["val_loss"])
+    f = cockpit(ws, "fork", best, "--warm", "--set", "train.steps=5", "--detach")
+    assert f.returncode == 0, f.stderr
+    (child,) = set(ls(ws)) - set(lr)
+    assert job_of(ws, child) not in jobs.values()  # another job
+    # with its parent's sbatch options, --hold included: held like the ablation's jobs
+    row = wait_for(ws, child, lambda r: r["status"] == "queued" and r["queue"])
+    assert row["queue"] == f"Slurm job {job_of(ws, child)} pending (JobHeldUser)"
+    subprocess.run(["scontrol", "release", job_of(ws, child)], check=True, timeout=10)
+    done = wait_for(ws, child, lambda r: r["status"] not in ("queued", "running"), timeout=180)
+    assert done["status"] == "passed", done["reason"]
+    assert done["parent"] == best and done["fork_step"] == 80 and done["node"] == "localhost"
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_job_killed_mid_step_then_requeued_logs_each_step_once(ws):
+    """The duplicate case: the engine dies without its stop checkpoint (SIGKILL, as on a node
+    that fails), steps after its last periodic checkpoint are on disk, Slurm requeues the job
+    (`scontrol requeue` takes a finished batch job too). The new attempt resumes from that
+    checkpoint and first cuts what the dead one logged after it: each step is on disk once."""
+    p = cockpit(
+        ws, "run", *BLOBS, "--set", "train.steps=1000000", "--set", "train.checkpoint_every=200",
+        "--set", "train.eval_every=50", "--launcher", "slurm", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run_id,) = ls(ws)
+    folder = RunFolder(ws / run_id)
+    job = job_of(ws, run_id)
+    latest = ws / run_id / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        latest.exists() and len(folder.steps()) > json.loads(latest.read_text())["step"] + 20
+    ):
+        time.sleep(0.1)
+    pid = folder.summary()["pid"]
+    os.kill(pid, 9)  # no stop checkpoint: a crash between two periodic ones
+    ckpt = json.loads(latest.read_text())["step"]
+    logged = len(folder.steps())
+    assert logged > ckpt + 20
+    while _squeue_state(job) in ("RUNNING", "COMPLETING") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=10)
+    wait_for(ws, run_id, lambda r: r["status"] == "queued" and "pending" in (r["queue"] or ""))
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=10)
+    summary_path = ws / run_id / "summary.json"
+
+    def resumed_past_the_first_attempt(row: dict) -> bool:
+        s = json.loads(summary_path.read_text())
+        return s.get("resumed_from") == ckpt and row["status"] == "running" and row["step"] > logged
+
+    wait_for(ws, run_id, resumed_past_the_first_attempt, timeout=150)
+    steps = [int(x) for x in folder.steps()["step"]]
+    assert steps[: logged + 1] == list(range(1, logged + 2)), "a step logged twice after requeue"
+    evals = [e["step"] for e in folder.evals()]
+    assert len(evals) == len(set(evals))
+    assert (
+        f"requeued: cut what the previous attempt logged after step {ckpt}"
+        in (ws / run_id / "engine.log").read_text()
+    )
+    k = cockpit(ws, "kill", run_id)
+    assert k.returncode == 0, k.stderr

@@ -8,7 +8,8 @@ peers have reached, so a run slightly ahead of its peers is judged once they cat
 
 Only runs of an ablation group are pruned (``group`` in run.json); peers are the group's other
 runs, read from their evals.jsonl. A pruned run ends ``killed``, its reason starts with
-``pruned:``, and ``summary["pruned"]`` holds the numbers (see docs/ablations.md).
+``pruned:``, and ``summary["pruned"]`` holds the numbers (see docs/ablations.md). A pruned
+Slurm job is stopped through ``scancel`` (docs/slurm.md).
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ def attach(ctx: Any, request: dict) -> MedianPruner | None:
     """Listen to ``ctx``'s evaluations when the run belongs to a group and its preset prunes.
 
     A decision requests a stop on ``ctx.stop`` with its reason: the loop stops at the next step
-    boundary (under DDP, every rank at the same step)."""
+    boundary (under DDP, every rank at the same step). Inside a Slurm job the run is also
+    cancelled through Slurm (``scancel`` of its own job, engine/torchfree/slurm.py), so the
+    allocation is freed on every node and Slurm records the end."""
     settings = settings_of(ctx.preset)
     group = request.get("group")
     if settings.rule != "median" or not group:
@@ -174,6 +177,9 @@ def attach(ctx: Any, request: dict) -> MedianPruner | None:
 
     def stop(decision: Decision) -> None:
         ctx.stop.request(pruned=decision.to_json())
+        from engine.torchfree import slurm
+
+        slurm.cancel_pruned(ctx.folder, request, decision.to_json())  # a Slurm job: scancel
 
     peers = GroupPeers(ctx.folder.path.parent, group, ctx.folder.run_id)
     pruner = MedianPruner(settings, peers, HIGHER_IS_BETTER[settings.metric], stop)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 SLURM_JSON = "slurm.json"
+PRUNED_JSON = "pruned.json"  # a pruned job's decision, written before its own scancel
 TTL_S = 2.0  # one squeue call per this many seconds serves every run of a workspace
 TIMEOUT_S = 5.0  # a hung slurmctld never hangs `cockpit ls` or the app for longer
 
@@ -316,6 +317,14 @@ def overlay(
     if job.state not in ENDED or s.get("slurm_state"):
         return s, False
     s["slurm_state"] = job.state
+    pruned = s.get("pruned") if isinstance(s.get("pruned"), dict) else None
+    if pruned and job.state in KILLED | {"COMPLETED"}:
+        # cancelled by its own pruner (scancel): the end is the pruning rule's, with its words;
+        # a job SIGKILLed before the engine wrote it gets them from pruned.json
+        if live:
+            s.update(status="killed", ended=s.get("ended") or now, current_stage=None, queue=None)
+        s["reason"] = pruned.get("reason") or s.get("reason")
+        return s, True
     if live:
         status = "killed" if job.state in KILLED else "error"
         reason = job.words()
@@ -357,6 +366,10 @@ def job_state(folder: Any, summary: dict) -> dict:
     except OSError:
         before = None
     job, answered = JOBS.lookup(folder.path)
+    if not summary.get("pruned") and summary.get("status") in ("queued", "running", "killed"):
+        decision = read_pruned(folder.path)
+        if decision is not None:
+            summary = {**summary, "pruned": decision}
     s, news = overlay(summary, record, job, answered)
     if news:
         with contextlib.suppress(OSError, ValueError):
@@ -408,4 +421,139 @@ def resume_plan(
     left = start + int(train_steps) - int(ckpt["step"])
     if left <= 0:
         return None
-    return {"path": ckpt["path"], "step": int(ckpt["step"]), "steps": left}
+    cut = cut_logs_after(folder, int(ckpt["step"]))  # its steps are logged once, by this attempt
+    if any(cut.values()):
+        print(
+            f"requeued: cut what the previous attempt logged after step {ckpt['step']}: "
+            + ", ".join(f"{n} {name}" for name, n in cut.items() if n),
+            flush=True,
+        )
+    return {"path": ckpt["path"], "step": int(ckpt["step"]), "steps": left, "cut": cut}
+
+
+# ---------------------------------------------------------------- pruning through Slurm
+
+
+def read_pruned(run_dir: Path) -> dict | None:
+    """The pruning decision the engine wrote before cancelling its own job, or None."""
+    try:
+        rec = json.loads((Path(run_dir) / PRUNED_JSON).read_bytes()[:65536])
+    except (OSError, ValueError):
+        return None
+    pruned = rec.get("pruned") if isinstance(rec, dict) else None
+    ok = isinstance(pruned, dict) and str(pruned.get("reason") or "").startswith("pruned")
+    return pruned if ok else None
+
+
+def cancel_pruned(
+    folder: Any, request: dict, decision: dict, environ: dict | None = None
+) -> str | None:
+    """A pruned run of a Slurm job ends through Slurm: the decision goes to pruned.json first
+    (so the run says ``pruned`` with its reason even when Slurm's SIGKILL comes before the
+    engine writes its end), then ``scancel`` of the engine's own job, whose SIGTERM stops it at
+    the next step boundary like ``cockpit kill`` does. Every process of the job (torchrun's
+    ranks on every node too) ends, and Slurm frees the allocation and records CANCELLED.
+
+    Returns "scancel" when Slurm took the cancel, "self" when the run must stop itself
+    (scancel missing or refused on this node: the caller's stop request does it), None for a
+    run that is not a Slurm job or was already cancelled for pruning."""
+    env = os.environ if environ is None else environ
+    if not in_job(request, env):
+        return None
+    job = str(env.get("SLURM_JOB_ID"))
+    path = Path(folder.path) / PRUNED_JSON
+    if path.exists():
+        return None  # a second decision before the stop landed: one cancel is enough
+    record = {"job_id": job, "decided": time.time(), "pruned": decision}
+    tmp = path.with_name(f".{PRUNED_JSON}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"pruned: could not write {path} ({e}); stopping without scancel", flush=True)
+        return "self"
+    rc, _out, err = _run(["scancel", job], TIMEOUT_S * 2)
+    if rc == 0:
+        print(f"pruned: scancel {job} ({decision.get('reason')})", flush=True)
+        return "scancel"
+    why = (err.strip().splitlines() or [f"exit code {rc}"])[-1]
+    print(f"pruned: scancel {job} failed ({why}); the run stops itself", flush=True)
+    return "self"
+
+
+# ---------------------------------------------------------------- resuming without duplicates
+
+
+def _first_record_after(f: Any, size: int, record: int, step: float) -> int:
+    """Index of the first fixed-size record whose first float64 (the step) is above ``step``;
+    the steps of one file never go down (a resume cuts the file back before it appends)."""
+    import struct
+
+    lo, hi = 0, size // record
+    while lo < hi:
+        mid = (lo + hi) // 2
+        f.seek(mid * record)
+        (value,) = struct.unpack("<d", f.read(8))
+        if value > step:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def cut_records_after(path: Path, record: int, step: int) -> int:
+    """Cut a file of ``record``-byte float64 records (steps.bin, losses.bin: the step first)
+    back to the records of steps up to ``step``. Returns the records removed."""
+    try:
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            whole = size - size % record
+            keep = _first_record_after(f, whole, record, float(step))
+            if keep * record < size:
+                f.truncate(keep * record)  # one truncate: a reader sees the old or the new end
+                os.fsync(f.fileno())
+            return whole // record - keep
+    except FileNotFoundError:
+        return 0
+
+
+def cut_jsonl_after(path: Path, step: int) -> int:
+    """Cut evals.jsonl back before its first row of a step above ``step`` (one truncate at a
+    line boundary; rows without a step stay, a torn last line goes). Returns the rows removed."""
+    try:
+        with open(path, "r+b") as f:
+            offset, cut, removed = 0, None, 0
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                at = row.get("step") if isinstance(row, dict) else None
+                torn = not line.endswith(b"\n")  # the killed attempt's half line goes too
+                if cut is None and (torn or (isinstance(at, (int, float)) and at > step)):
+                    cut = offset
+                if cut is not None:
+                    removed += 1
+                offset += len(line)
+            if cut is not None:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+            return removed
+    except FileNotFoundError:
+        return 0
+
+
+def cut_logs_after(folder: Any, step: int) -> dict[str, int]:
+    """A requeued train-only run resumes from its checkpoint at ``step``: what its previous
+    attempt logged after that step is cut off steps.bin, losses.bin and evals.jsonl before the
+    run logs those steps again, so every reader (the app's history, ``ls``, export) sees each
+    step once. Idempotent: a crash half-way is repaired by the next attempt's cut."""
+    from engine.torchfree.losses import RECORD_BYTES
+    from engine.torchfree.runfolder import RECORD_SIZE
+
+    root = Path(folder.path)
+    return {
+        "steps.bin": cut_records_after(root / "steps.bin", RECORD_SIZE, step),
+        "losses.bin": cut_records_after(root / "losses.bin", RECORD_BYTES, step),
+        "evals.jsonl": cut_jsonl_after(root / "evals.jsonl", step),
+    }
