@@ -1,6 +1,8 @@
-"""Device slots and the queue (engine/torchfree/slots.py): placement, FIFO order with places, group caps,
-CPU slot settings, foreign GPU processes, no stale leases — and, end to end, a queued run that
-starts once a slot frees although the command that launched it has long exited."""
+"""Device slots and the queue (engine/torchfree/slots/), end to end with threads and engine
+processes: placement, FIFO order with places, group caps, CPU slot settings, foreign GPU
+processes, no stale leases — and a queued run that starts once a slot frees although the
+command that launched it has long exited. The same logic one poll at a time, without waiting,
+is in tests/test_slots_units.py (what the mutation benchmark judges slots by)."""
 
 from __future__ import annotations
 

@@ -1073,7 +1073,7 @@ def test_acquire_refuses_a_run_that_can_never_fit_before_lining_it_up(tmp_path, 
     with pytest.raises(
         slots.SlotError, match=r"asks for gpus: 2, but this machine has 1 GPU \(0\)"
     ):
-        slots.acquire(folder, folder.request(), lambda: False, lambda place: None)
+        slots.acquire(folder, folder.request(), stop_after(3), lambda place: None, poll=0)
     assert not (tmp_path / ".slots").exists()
 
 
