@@ -48,7 +48,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             " or waiting_run_is_said",
         ],
     ),
-    "kill": ("cockpit/launch.py", ["tests/test_kill.py", "tests/test_slots.py"]),
+    "kill": (
+        "cockpit/launch.py",
+        ["tests/test_launch_inprocess.py", "tests/test_kill.py", "tests/test_slots.py"],
+    ),
     "runfolder": (
         "engine/torchfree/runfolder.py",
         [
