@@ -108,7 +108,10 @@ def _check_nodes(root: yaml.Node) -> None:
 
 
 def _short_tag(tag: str) -> str:
-    return ("!!" + tag.removeprefix("tag:yaml.org,2002:"))[:60] if tag else "?"
+    """The tag as the preset wrote it: ``!!python/object:x`` for YAML's own, ``!mine`` for a
+    local one; at most 60 characters."""
+    standard = "tag:yaml.org,2002:"
+    return ("!!" + tag[len(standard) :] if tag.startswith(standard) else tag)[:60]
 
 
 def _yaml_value(text: str) -> Any:
@@ -149,7 +152,7 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
-    return type(value).__name__
+    return f"{value} (a {type(value).__name__})"  # a date or a timestamp
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:
@@ -314,7 +317,7 @@ NUMERIC_OPTIMIZER_ARGS = {
 def _check_top(key: str, spec: Key, value: Any) -> str | None:
     """What the value should have been, or None when it fits."""
     c = spec.check
-    if value is None and spec.default is None and c not in ("target",):
+    if value is None and spec.default is None:  # optional, and left out
         return None
     if c == "str":
         return None if isinstance(value, str) and value else "non-empty text"
@@ -329,7 +332,7 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
         lowest = {"int": None, "nonneg_int": 0, "pos_int": 1}[c]
         if not _is_int(value) or (lowest is not None and value < lowest):
             return kind[c]
-        lo, hi = INT_LIMITS.get(key, (lowest if lowest is not None else -MAX_INT, MAX_INT))
+        lo, hi = INT_LIMITS[key]  # every integer key has its limits (tests hold this)
         return None if lo <= value <= hi else f"an integer from {lo} to {hi}"
     if c == "pos_float":
         ok = _is_num(value) and math.isfinite(value) and value > 0
@@ -374,14 +377,11 @@ def _check_top(key: str, spec: Key, value: Any) -> str | None:
 
 def _annotation_fits(annotation: Any, value: Any) -> str | None:
     """Check a settings value against its dataclass annotation (str under PEP 563)."""
-    hint = (
-        annotation
-        if not isinstance(annotation, str)
-        else eval(annotation, {"float": float, "int": int, "str": str, "bool": bool, "None": None})
-    )
+    names = {"__builtins__": {}, "float": float, "int": int, "str": str, "bool": bool}
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, names)
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
-        return None if type(None) in options or None in options else _describe(options)
+        return None if type(None) in options else _describe(options)
     for opt in options:
         if opt is float and _is_num(value):
             return None
@@ -397,7 +397,7 @@ def _annotation_fits(annotation: Any, value: Any) -> str | None:
 def _describe(options: tuple) -> str:
     names = {float: "a number", int: "an integer", bool: "true or false", str: "text"}
     parts = [names[o] for o in options if o in names]
-    if type(None) in options or None in options:
+    if type(None) in options:
         parts.append("null")
     return " or ".join(parts)
 
@@ -516,7 +516,7 @@ def read_preset_text(path: Path) -> str:
 
 
 def _near_files(path: Path) -> str:
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # Path("p.yaml").parent is Path(".")
     if not folder.is_dir():
         return f" (the folder {folder} does not exist either)"
     names = [p.name for p in folder.glob("*.y*ml")]
@@ -553,7 +553,8 @@ def loads(text: str, path: Path) -> Preset:
     if not isinstance(node, yaml.MappingNode):
         line = node.start_mark.line + 1
         raise PresetError(
-            f"{path}, line {line}: a preset is a mapping of keys (model:, data:, ...), not {node.id}."
+            f"{path}, line {line}: a preset is a mapping of keys (model:, data:, ...), not "
+            f"{_NODE_KINDS[node.id]}."
         )
     lines: dict[str, int] = {}
     _record_lines(node, "", lines, path)
@@ -570,6 +571,10 @@ def loads(text: str, path: Path) -> Preset:
     return Preset(data=data, path=path, lines=lines)
 
 
+_NODE_KINDS = {"mapping": "a mapping", "sequence": "a list", "scalar": "a single value"}
+"""What a YAML node is, in the words of a message."""
+
+
 def _record_lines(node: yaml.Node, prefix: str, out: dict[str, int], path: Path) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -577,7 +582,7 @@ def _record_lines(node: yaml.Node, prefix: str, out: dict[str, int], path: Path)
             line = knode.start_mark.line + 1
             if not isinstance(knode, yaml.ScalarNode):
                 raise PresetError(
-                    f"{path}, line {line}: a key must be plain text, not a {knode.id}."
+                    f"{path}, line {line}: a key must be plain text, not {_NODE_KINDS[knode.id]}."
                 )
             key = str(knode.value)
             dotted = f"{prefix}.{key}" if prefix else key
@@ -633,8 +638,9 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
         node = data
         for i, part in enumerate(parts[:-1]):
             nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
+            if nxt is None:  # `--set optimizer.lr=...` without an optimizer: the default's lr
+                default = SCHEMA[top].default if i == 0 and top in SCHEMA else None
+                nxt = node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
             if not isinstance(nxt, dict):
                 raise PresetError(
                     f"{origin}: '{'.'.join(parts[: i + 1])}' is {_kind(nxt)}, not a mapping, "
@@ -676,11 +682,13 @@ def validate(preset: Preset) -> None:
         expected = _check_top(key, spec, value)
         if expected:
             raise preset.error(key, f"{key} must be {expected}, got {_kind(value)}.")
-        if spec.check == "target" and value is not None:
-            _check_target(preset, key, value)
+        if spec.check == "target" and (value is not None or spec.default is not None):
+            _check_target(preset, key, value)  # `optimizer: null` too: it has no default then
             if key == "optimizer":
                 _check_optimizer_args(preset, value)
-        if spec.check == "targets" and value is not None:
+        if value is None:  # an optional key given as null: as if it were left out
+            continue
+        if spec.check == "targets":
             for name, entry in value.items():
                 _check_target(preset, f"{key}.{name}", entry)
             models = data.get("models") or {}
@@ -692,7 +700,7 @@ def validate(preset: Preset) -> None:
                     f"{_suggest(extra[0], [str(m) for m in models])}; optimizers are keyed by "
                     f"the names of models ({', '.join(map(str, models)) or 'none'}).",
                 )
-        if spec.check == "section" and value is not None:
+        if spec.check == "section":
             fields = {f.name: f for f in dataclasses.fields(SECTIONS[key])}
             _check_settings(preset, key, value, fields)
         if key == "stages":
