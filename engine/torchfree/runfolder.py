@@ -430,7 +430,7 @@ class Appender:
             raise _named(e, self.path) from None
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.fd != -1:  # closed already: nothing to do
             os.close(self.fd)
             self.fd = -1
 
