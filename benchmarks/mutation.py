@@ -57,6 +57,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         [
             "tests/test_runfolder.py",
             "tests/test_runfolder_edges.py",
+            "tests/test_runfolder_more.py",
             "tests/test_atomic.py",
             "tests/test_kill.py",
             "tests/app/test_data.py",
@@ -64,7 +65,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "preset": (
         "engine/torchfree/preset.py",
-        ["tests/test_preset.py", "tests/test_preset_edges.py"],
+        ["tests/test_preset.py", "tests/test_preset_edges.py", "tests/test_preset_more.py"],
     ),
     "stage_base": ("engine/stages/base.py", ["tests/test_boundaries.py"]),
     "speed": ("engine/stages/speed.py", ["tests/test_boundaries.py", "-k", "speed"]),
