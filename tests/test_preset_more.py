@@ -234,6 +234,12 @@ def test_optimizer_null_is_refused_not_a_crash_later(tmp_path):
     )
 
 
+def test_keys_after_a_null_one_are_still_checked(tmp_path):
+    assert error(tmp_path, "loss: null\nprune: null\nseed: x\n") == (
+        "P, line 5: seed must be an integer, got 'x' (text)."
+    )
+
+
 def test_an_unknown_key_gets_a_suggestion_or_the_list_of_keys(tmp_path):
     assert error(tmp_path, "batch_sise: 3\n") == (
         "P, line 3: 'batch_sise' is not a preset key — did you mean 'batch_size'?"
@@ -814,8 +820,17 @@ def test_a_preset_nested_beyond_recursion_is_refused_in_one_sentence(tmp_path):
     p = write(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(PresetError) as e:
         presets.load(p)
-    assert str(e.value).startswith(f"{p}")
-    assert "nested" in str(e.value)
+    assert str(e.value) == f"{p}: nested too deeply to read as a preset."
+
+
+def test_a_control_character_is_a_syntax_error_without_a_line(tmp_path):
+    p = write(tmp_path, BASE + "name: a\x01b\n")
+    with pytest.raises(PresetError) as e:
+        presets.load(p)
+    assert str(e.value) == (
+        f"{p}: YAML syntax error: unacceptable character #x0001: special characters are not "
+        "allowed."
+    )
 
 
 def test_loads_refuses_text_longer_than_a_preset(tmp_path):
@@ -1054,6 +1069,7 @@ def test_an_override_is_shown_short(tmp_path):
     assert presets.override_origin("a", 3) == "--set a=3"
     assert presets.override_origin("a", [1, 2]) == "--set a=[1, 2]"
     assert presets.override_origin("a", {"b": 1}) == "--set a={b: 1}"
+    assert presets.override_origin("a", {"b": {"c": [1]}}) == "--set a={b: {c: [1]}}"
     assert presets.override_origin("a", None) == "--set a=null"
     assert presets.override_origin("a", "x" * 40) == "--set a=" + "x" * 40
     assert presets.override_origin("a", "x" * 41) == "--set a=" + "x" * 37 + "..."

@@ -691,8 +691,9 @@ def validate(preset: Preset) -> None:
         if spec.check == "targets":
             for name, entry in value.items():
                 _check_target(preset, f"{key}.{name}", entry)
+        if key == "optimizers":  # keyed by the names of models
             models = data.get("models") or {}
-            extra = [str(n) for n in value if key == "optimizers" and n not in models]
+            extra = [str(n) for n in value if n not in models]
             if extra:
                 raise preset.error(
                     f"optimizers.{extra[0]}",
