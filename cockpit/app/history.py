@@ -13,6 +13,7 @@ before that, and so on), then continue with its own.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,15 @@ class StepsReader:
             f = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed below, a generator
         except OSError:
             return
-        buf = bytearray(chunk * self.record)
+        try:
+            new = os.fstat(f.fileno()).st_size - self.offset
+        except OSError:
+            new = chunk * self.record
+        if new < self.record:  # nothing new (a poll of a live run, four times a second)
+            f.close()
+            return
+        # a buffer for what is there (a live run's poll reads a few records, not 2.4 MB)
+        buf = bytearray(min(chunk, new // self.record + 1) * self.record)
         picks = [i for i in self.wanted.values() if i is not None]
         try:
             f.seek(self.offset)
@@ -103,6 +112,8 @@ def finite_only(xs: Sequence[float], ys: Sequence[float]) -> tuple:
 
 EMA_BLOCK = 1024
 """Points per block of the vectorised EMA (see ``debiased_ema``)."""
+EMA_LOOP_MAX = 64
+"""Up to this many new points (a live run's poll) the exact loop is cheaper than the blocks."""
 
 
 @lru_cache(maxsize=32)
@@ -133,8 +144,7 @@ def debiased_ema(ys: Sequence[float], beta: float, state: tuple[float, int]) -> 
     keep = 1.0 - beta
     size = max(1, min(EMA_BLOCK, int(300.0 / -math.log(beta))))
     up, down, carry_in = _ema_weights(beta, size)
-    peak = max(float(ys.max()), -float(ys.min()), abs(ema))
-    if peak * float(up[-1]) < 1e300:
+    if n > EMA_LOOP_MAX and max(ys.max(), -ys.min(), abs(ema)) * up[-1] < 1e300:
         blocks = -(-n // size)
         work = np.zeros((blocks, size))
         work.reshape(-1)[:n] = ys
@@ -146,7 +156,7 @@ def debiased_ema(ys: Sequence[float], beta: float, state: tuple[float, int]) -> 
         carries = list(accumulate(lasts[:-1], lambda c, v: beta**size * c + v, initial=ema))
         work += np.multiply.outer(np.array(carries), carry_in)
         out = work.reshape(-1)[:n]
-    else:  # values near the float range (a diverged run): the exact loop
+    else:  # a live run's few new points, or values near the float range: the exact loop
         out = np.array(
             list(accumulate(ys.tolist(), lambda e, v: beta * e + keep * v, initial=ema))[1:]
         )

@@ -30,6 +30,7 @@ from cockpit.app.widgets.plot import (
     value_ticks,
 )
 from engine.torchfree.runfolder import STEP_COLUMNS, RunFolder, StepsAppender, write_json_atomic
+from tests.app.conftest import histories_loaded, make_app, settled, wait_until
 from tests.app.workspaces import RunSpec, loss_rows, write_run
 
 # ---- the rasterizer draws what plotext draws ------------------------------------------------
@@ -302,3 +303,199 @@ def test_the_first_frame_does_not_wait_for_numpy_plotext_or_the_other_screens():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_one_line_cell_renders_segment_for_segment_as_datatable_renders_it():
+    """The runs table renders its Text cells straight to segments; DataTable's own render
+    (through Rich) is the reference, for plain, styled, spanned, padded and empty cells,
+    under the cursor, the hover and neither."""
+    import asyncio
+
+    from rich.style import Style
+    from rich.text import Text
+    from textual.app import App
+    from textual.widgets import DataTable
+
+    from cockpit.app.formatting import status_text
+    from cockpit.app.widgets.runs_table import NARROW, RunsTable
+
+    samples = [
+        Text("plain"),
+        Text(""),
+        Text("1.297", style="#e5c07b"),
+        Text.assemble(("◆", "bold #e5c07b"), ("└ ", "dim"), "blobs·aaaa"),
+        status_text("running", "● running"),
+        Text("  10%", style="bold"),
+    ]
+
+    class Table(App):
+        def compose(self):
+            yield RunsTable()
+
+    async def go():
+        app = Table()
+        async with app.run_test(size=(80, 12)) as pilot:
+            table = app.query_one(RunsTable)
+            rows = [
+                (f"r{i}", {c.key: samples[(i + j) % len(samples)] for j, c in enumerate(NARROW)})
+                for i in range(len(samples))
+            ]
+            table.show(rows, 80)
+            await pilot.pause()
+            checked = 0
+            for base in (table.rich_style, Style(color="red", bgcolor="black", bold=True)):
+                for row in range(len(rows)):
+                    for col, column in enumerate(NARROW):
+                        for cursor, hover in ((False, False), (True, False), (False, True)):
+                            value = table.get_cell_at((row, col))
+                            ours = table._one_line_cell(
+                                row, col, value, base, column.width, cursor, hover
+                            )
+                            theirs = DataTable._render_cell(
+                                table, row, col, base, column.width, cursor, hover
+                            )
+                            assert ours is not None
+                            assert [list(line) for line in ours] == [
+                                list(line) for line in theirs
+                            ], (row, col, cursor, hover)
+                            checked += 1
+            assert checked == 2 * len(rows) * len(NARROW) * 3
+
+    asyncio.run(go())
+
+
+# ---- views repaint once per window, plots lay their frame out once ---------------------------
+
+
+def test_a_cadence_folds_a_burst_into_one_call_and_a_user_action_shows_at_once():
+    import asyncio
+
+    from textual.app import App
+    from textual.widget import Widget
+
+    from cockpit.app.widgets.plot import Cadence
+
+    shown: list[int] = []
+
+    class Host(App):
+        def compose(self):
+            yield Widget()
+
+    async def go():
+        app = Host()
+        async with app.run_test() as pilot:
+            widget = app.query_one(Widget)
+            cadence = Cadence(widget, lambda: shown.append(1), lambda: 0.2)
+            cadence.request()  # nothing shown for a while: at once
+            assert cadence.calls == 1
+            for _ in range(50):  # a burst inside the window: one call, at its end
+                cadence.request()
+            assert cadence.calls == 1 and cadence._pending is not None
+            await wait_until(pilot, lambda: cadence.calls == 2, what="the folded call")
+            assert cadence._pending is None  # nothing else scheduled
+            cadence.request(within=5.0)  # news that can ride along with the next call
+            assert cadence.calls == 2 and cadence._pending is not None
+            cadence.now()  # the user acted: shown now, the pending call folded in
+            assert cadence.calls == 3 and cadence._pending is None
+            cadence.request(within=5.0)
+            due = cadence._due
+            cadence.request()  # news that cannot wait moves the call earlier
+            assert cadence._due < due
+            await wait_until(pilot, lambda: cadence.calls == 4, what="the earlier call")
+            assert cadence._pending is None and len(shown) == 4
+
+    asyncio.run(go())
+
+
+def test_the_run_view_shows_a_new_point_and_folds_bursts_of_news(lab):
+    """A step appended to a live run shows in the run view; a burst of history and runs
+    news costs at most two passes (one now, one at the end of the window), not one each."""
+    import asyncio
+
+    from cockpit.app.screens.run import RunScreen
+    from cockpit.app.widgets.curves import CurvesView, LossPlot
+    from cockpit.app.widgets.runs_table import RunsTable
+
+    workspace, ids = lab
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settled(pilot, 7)
+            table = app.screen.query_one(RunsTable)
+            while table.selected_key() != ids["live"]:
+                await pilot.press("j")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="run view")
+            await histories_loaded(pilot)
+            screen = app.screen
+            bar = screen.query_one("#stage-bar")
+            plot = screen.query_one(LossPlot)
+            curves = screen.query_one(CurvesView)
+            await wait_until(pilot, lambda: "1\u2009500 steps" in str(bar.render()), what="bar")
+            history = curves.history
+            folder = RunFolder(workspace / ids["live"])
+            stage = history.stage_names.index(curves.stage)
+            out = StepsAppender(folder.file("steps.bin"))
+            out.append_many(loss_rows(range(1501, 1601), stage))  # 100 new steps
+            out.close()
+            await wait_until(pilot, lambda: "1\u2009600 steps" in str(bar.render()), what="new")
+            await wait_until(pilot, lambda: plot._key[3] == plot.revision, what="the plot")
+            calls = screen.cadence.calls
+            for _ in range(30):
+                app.history_changed.publish(ids["live"])
+                app.runs_changed.publish(app.runs)
+            await wait_until(pilot, lambda: screen.cadence._pending is None, what="the pass")
+            assert 1 <= screen.cadence.calls - calls <= 2
+
+    asyncio.run(go())
+
+
+def test_a_plot_whose_axes_stand_still_copies_its_frame_and_keeps_its_unchanged_rows():
+    """New data inside the same axes: plotext does not lay the frame out again, the rows
+    the data did not touch keep their strips, and the picture is what a fresh build draws."""
+    import asyncio
+
+    from textual.app import App
+
+    from cockpit.app.widgets.plot import CachedPlot
+
+    class Dots(CachedPlot):
+        points = ((1.0, 1.0),)
+
+        def draw(self, plt, width, height):
+            box = (0.0, 10.0, 0.0, 10.0)
+            set_step_axis(plt, 0.0, 10.0)
+            set_value_axis(plt, 0.0, 10.0, log=False)
+            y_lo, y_hi, _ = value_ticks(0.0, 10.0, log=False)
+            box = (0.0, 10.0, y_lo, y_hi)
+            anchor_axes(plt, box)
+            xs, ys = [p[0] for p in self.points], [p[1] for p in self.points]
+            return lambda matrix: raster(matrix, [Series(xs, ys, (200, 100, 50))], box, "braille")
+
+    class Host(App):
+        def compose(self):
+            yield Dots()
+
+    async def go():
+        app = Host()
+        async with app.run_test(size=(60, 20)) as pilot:
+            plot = app.query_one(Dots)
+            first = plot.text()
+            strips = list(plot._strips)
+            assert plot.builds == 1 and plot.frames == 1
+            plot.points = ((1.0, 1.0), (9.0, 9.0))  # a point near the top right
+            plot.redraw_now()
+            await pilot.pause()
+            assert plot.builds == 2 and plot.frames == 1  # the frame was copied
+            assert plot.text() != first
+            kept = sum(a is b for a, b in zip(strips, plot._strips))
+            assert 0 < kept < len(strips)  # the untouched rows kept their strips
+            copied = [(s.text, list(s)) for s in plot._strips]
+            plot._frame = None  # the same data, the frame laid out by plotext from scratch
+            plot.redraw_now()
+            await pilot.pause()
+            assert plot.builds == 3 and plot.frames == 2
+            assert [(s.text, list(s)) for s in plot._strips] == copied
+
+    asyncio.run(go())

@@ -19,6 +19,7 @@ from cockpit.app.widgets.details import lineage_text, reason_text
 from cockpit.app.widgets.ladder import LadderView
 from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.log_view import LogView
+from cockpit.app.widgets.plot import Cadence, redraw_interval
 from cockpit.app.widgets.preset_view import PresetView
 from cockpit.app.widgets.runs_table import queue_places
 from engine.torchfree.runfolder import RunFolder
@@ -53,6 +54,12 @@ class RunScreen(CockpitScreen):
         self.run_id = run_id
         self.folder = folder
         self._shown_summary: tuple = ()
+        self._news: set[str] = set()
+        """What arrived since the view last showed it: "runs" (the header), "history"."""
+        self.cadence = Cadence(self, self._show_news, lambda: redraw_interval(self.app))
+        """New steps and the header's numbers are shown together, at most every 0.75 s:
+        one repaint instead of one per message (the histories are polled four times a
+        second, the runs once), and a new point is still on screen within a second."""
 
     def compose_body(self) -> ComposeResult:
         yield LiveText(id="run-header")
@@ -81,12 +88,29 @@ class RunScreen(CockpitScreen):
         if history is not None:
             self.query_one(CurvesView).show_history(history)
         self.query_one(PresetView).show(self.folder)
-        self.runs_changed(app.runs)
+        self.show_run(app.runs)
 
     def on_unmount(self) -> None:
         self.cockpit.release_history(self.run_id, self)
 
     def runs_changed(self, runs: tuple[RunState, ...]) -> None:
+        self._news.add("runs")
+        self.cadence.request()
+
+    def history_changed(self, run_id: str) -> None:
+        if run_id == self.run_id:
+            self._news.add("history")
+            self.cadence.request()
+
+    def _show_news(self) -> None:
+        news, self._news = self._news, set()
+        if "runs" in news:
+            self.show_run(self.cockpit.runs)
+        if "history" in news:
+            self.query_one(CurvesView).history_changed(throttled=False)
+
+    def show_run(self, runs: tuple[RunState, ...]) -> None:
+        """The header and the ladder, from the runs as the watcher last saw them."""
         state = next((r for r in runs if r.run_id == self.run_id), None)
         if state is None:
             self.query_one("#run-header", LiveText).show(
@@ -99,10 +123,6 @@ class RunScreen(CockpitScreen):
         if seen != self._shown_summary:  # the ladder only changes when a verdict lands
             self._shown_summary = seen
             self.query_one(LadderView).show(self.folder.summary())
-
-    def history_changed(self, run_id: str) -> None:
-        if run_id == self.run_id:
-            self.query_one(CurvesView).history_changed()
 
     def apply_settings(self, settings: ViewSettings) -> None:
         self.query_one(CurvesView).apply_settings(settings)

@@ -18,6 +18,7 @@ from cockpit.app.settings import ViewSettings
 from cockpit.app.widgets.details import RunDetails
 from cockpit.app.widgets.gpu_panel import DevicePanel
 from cockpit.app.widgets.live_text import LiveText
+from cockpit.app.widgets.plot import Cadence, redraw_interval
 from cockpit.app.widgets.preview import RunPreview
 from cockpit.app.widgets.runs_table import SORTS, RunsTable, queue_places, run_cells, sort_runs
 
@@ -25,6 +26,9 @@ PREVIEW_FROM = 124
 """Terminal width from which the highlighted run's curves show beside the GPU panel."""
 PREVIEW_DELAY_S = 0.3
 """Wait for the cursor to rest before loading a run's history for the preview."""
+DEVICES_WAIT_S = 1.0
+"""A device sample waits up to this long to be shown with the runs' next update (both come
+once a second, out of step: shown together they cost one repaint instead of two)."""
 
 
 def matches(state: RunState, needle: str) -> bool:
@@ -57,6 +61,11 @@ class RunsScreen(CockpitScreen):
         self._stale = False
         self._preview_id: str | None = None
         self._preview_timer: Timer | None = None
+        self._news: set[str] = set()
+        """What arrived since the screen last showed it: "runs", "devices", "history"."""
+        self.cadence = Cadence(self, self._show_news, lambda: redraw_interval(self.app))
+        """The runs, the device samples and the preview's new points are shown together, at
+        most every 0.75 s: one repaint per update instead of one per message."""
 
     def compose_body(self) -> ComposeResult:
         settings = self.cockpit.settings
@@ -103,13 +112,15 @@ class RunsScreen(CockpitScreen):
         if not self.on_top:
             self._stale = True  # a hidden table is not worth updating; catch up on resume
             return
-        self.show_runs()
+        self._news.add("runs")
+        self.cadence.request()
 
     def devices_changed(self, sample: tuple[tuple[DeviceSample, ...], str | None]) -> None:
         if not self.on_top:
             self._stale = True
             return
-        self.query_one(DevicePanel).show_samples(*sample)
+        self._news.add("devices")
+        self.cadence.request(within=DEVICES_WAIT_S)
 
     def history_changed(self, run_id: str) -> None:
         if run_id != self._preview_id:
@@ -117,7 +128,24 @@ class RunsScreen(CockpitScreen):
         if not self.on_top:
             self._stale = True
             return
-        self.query_one(RunPreview).history_changed()
+        self._news.add("history")
+        self.cadence.request()
+
+    def _show_news(self) -> None:
+        news, self._news = self._news, set()
+        if not self.on_top:  # covered since the news came: caught up on resume
+            self._stale = self._stale or bool(news)
+            return
+        app = self.cockpit
+        panel = self.query_one(DevicePanel)
+        if "runs" in news:
+            self.show_runs()
+        if "devices" in news:
+            panel.show_samples(app.samples, app.device_note)
+        if "history" in news:
+            self.query_one(RunPreview).history_changed(throttled=False)
+        if "runs" in news or "devices" in news:
+            panel.plot.request_redraw(throttled=False)  # a look in this pass, not one of its own
 
     def apply_settings(self, settings: ViewSettings) -> None:
         self.query_one(RunPreview).apply_settings(settings)

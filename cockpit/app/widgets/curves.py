@@ -247,8 +247,9 @@ class StagePlot(CachedPlot):
         """What the figure depends on; new data that leaves it unchanged costs no rebuild."""
         return (len(stage.train), len(stage.val), len(stage.evals))
 
-    def data_changed(self) -> None:
-        """New points arrived: redraw (throttled) if this plot shows any of them."""
+    def data_changed(self, throttled: bool = True) -> None:
+        """New points arrived: redraw (throttled, unless the caller keeps the cadence) if this
+        plot shows any of them."""
         if self.history is None or self.stage is None:
             return
         with self.history.lock:
@@ -256,7 +257,7 @@ class StagePlot(CachedPlot):
             key = self.data_key(stage) if stage is not None else ()
         if key != self._drawn_key:
             self._drawn_key = key
-            self.request_redraw()
+            self.request_redraw(throttled)
 
     def _prepare(self, width: int) -> tuple[Figure, tuple[float, float] | None] | None:
         """The decimated figure and its step axis (None: nothing to draw); made once per
@@ -421,8 +422,9 @@ class CurvesView(Vertical):
         self.follow_latest = self.stage == names[-1]
         self._set_stage(redraw_now=True)
 
-    def history_changed(self, force: bool = False) -> None:
-        """New points (or a new history): follow the newest stage, redraw within the throttle."""
+    def history_changed(self, force: bool = False, throttled: bool = True) -> None:
+        """New points (or a new history): follow the newest stage, redraw within the throttle
+        (``throttled=False``: the caller keeps the cadence, look now)."""
         if self.history is None:
             return
         if self.follow_latest or self.stage is None:
@@ -430,15 +432,15 @@ class CurvesView(Vertical):
             if latest != self.stage:
                 self.stage = latest
                 force = True
-        self._set_stage(redraw_now=force)
+        self._set_stage(redraw_now=force, throttled=throttled)
 
-    def _set_stage(self, redraw_now: bool) -> None:
+    def _set_stage(self, redraw_now: bool, throttled: bool = True) -> None:
         for plot in self.query(StagePlot):
             plot.stage = self.stage
             if redraw_now:
                 plot.redraw_now()
             else:
-                plot.data_changed()
+                plot.data_changed(throttled)
         self._update_text()
 
     def current_stage(self) -> StageHistory | None:

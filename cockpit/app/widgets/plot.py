@@ -14,9 +14,10 @@ the run's length, and a plot with nothing to show never loads plotext.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -44,6 +45,60 @@ Y_LABEL_WIDTH = 6
 """Y tick labels are padded to this width so stacked plots share their x positions."""
 
 
+def redraw_interval(app: object, least: float = MIN_REDRAW_S) -> float:
+    """Seconds between data-driven redraws: ``least``, or two seconds while the terminal
+    reports that it lost focus."""
+    focused = getattr(app, "app_focus", True)
+    return least if focused else max(least, UNFOCUSED_REDRAW_S)
+
+
+class Cadence:
+    """Calls ``show`` at most once per ``interval()`` seconds: requests inside the window fold
+    into one call at its end. A view that gathers everything new (its texts, its plots) into
+    one call repaints once per window instead of once per message — each repaint is a pass
+    of the compositor over the widgets under the changed regions, most of the cost of a
+    live view."""
+
+    def __init__(self, owner: Widget, show: Callable[[], None], interval: Callable[[], float]):
+        self.owner = owner
+        self.show = show
+        self.interval = interval
+        self.calls = 0
+        """How many times ``show`` ran (the tests count the coalescing with it)."""
+        self._last = -math.inf
+        self._pending: Timer | None = None
+        self._due = math.inf
+
+    def request(self, within: float | None = None) -> None:
+        """Show what is new as soon as the cadence allows; ``within``: it may wait that long
+        for a call that comes anyway (news that rides along with the next one)."""
+        now = time.monotonic()
+        due = max(self._last + self.interval(), now if within is None else now + within)
+        if self._pending is not None:
+            if self._due <= due:
+                return
+            self._pending.stop()
+            self._pending = None
+        if due <= now:
+            self._fire()
+        else:
+            self._due = due
+            self._pending = self.owner.set_timer(due - now, self._fire)
+
+    def now(self) -> None:
+        """Show at once (something the user did), folding in any pending request."""
+        if self._pending is not None:
+            self._pending.stop()
+        self._fire()
+
+    def _fire(self) -> None:
+        self._pending = None
+        self._due = math.inf
+        self._last = time.monotonic()
+        self.calls += 1
+        self.show()
+
+
 @lru_cache(maxsize=256)
 def cell_style(colors: tuple) -> Style:
     """The rich Style of one plotext (foreground, style, background) triple — a plot has a
@@ -52,6 +107,13 @@ def cell_style(colors: tuple) -> Style:
 
     text = Text.from_ansi(plotext_utility.colors_to_ansi(*colors) + "x")
     return text.spans[0].style if text.spans else Style.null()  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=1024)
+def styled_cell(base: Style, colors: tuple) -> Style:
+    """A cell's style over the widget's own (what ``Strip.apply_style`` would make of it,
+    made once per pair rather than once per segment of every new row)."""
+    return base + cell_style(colors)
 
 
 @dataclass
@@ -144,7 +206,9 @@ def changed_rows(before: list[Strip], after: list[Strip], width: int) -> list[Re
     regions = []
     start = None
     for y in range(max(len(before), len(after)) + 1):
-        same = y < len(before) and y < len(after) and before[y] == after[y]
+        same = (
+            y < len(before) and y < len(after) and (before[y] is after[y] or before[y] == after[y])
+        )
         if y >= max(len(before), len(after)) or same:
             if start is not None:
                 regions.append(Region(0, start, width, y - start))
@@ -161,7 +225,7 @@ def anchor_axes(plt: Plot, box: tuple[float, float, float, float]) -> None:
     plt.scatter([x_hi + (x_hi - x_lo) * 10 + 1], [y_lo], marker="dot")
 
 
-def matrix_strips(plt: Plot, overlay=None) -> list[Strip]:
+def matrix_strips(plt: Plot, overlay=None, reuse: dict | None = None) -> list[Strip]:
     """One Strip per row of the built figure, a Segment per run of equally coloured cells;
     ``overlay(matrix)`` draws the data into the built frame first."""
     plt._set_sizes()
@@ -169,14 +233,67 @@ def matrix_strips(plt: Plot, overlay=None) -> list[Strip]:
     matrix = plt.monitor.matrix
     if overlay is not None:
         overlay(matrix)
+    return strips_of(matrix, reuse)
+
+
+class PlotCalls:
+    """Stands in for the plotext figure while a plot's ``draw`` runs: it notes the calls
+    (axes, ticks, fork lines: what the frame is made of), which are replayed on the real
+    figure only when they differ from the last build's — a frame equal to the last one is
+    copied instead of laid out again by plotext (most of a build's cost: plotext makes its
+    matrices and places every tick and label in Python). ``draw`` may only call setters."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        def call(*args, **kwargs) -> None:
+            self.calls.append((name, args, kwargs))
+
+        return call
+
+    def key(self) -> str:
+        return repr(self.calls)  # floats repr exactly: equal keys lay out equal frames
+
+    def replay(self, plt: Plot) -> None:
+        for name, args, kwargs in self.calls:
+            getattr(plt, name)(*args, **kwargs)
+
+
+def copy_matrix(matrix):
+    """A copy of a built plotext matrix whose cells can be drawn into (``raster``) without
+    touching the original."""
+    out = copy.copy(matrix)
+    out.marker = [row[:] for row in matrix.marker]
+    out.fullground = [row[:] for row in matrix.fullground]
+    out.style = [row[:] for row in matrix.style]
+    out.background = [row[:] for row in matrix.background]
+    return out
+
+
+def strips_of(matrix, reuse: dict | None = None, base: Style | None = None) -> list[Strip]:
+    """One Strip per row of a built plotext matrix, a Segment per run of equally coloured
+    cells; with ``base`` (the widget's style) the cells' styles are laid over it already.
+
+    ``reuse`` (kept by the caller between builds) holds each row's cells and Strip: a row
+    whose cells equal the last build's keeps its Strip — no Segments made again — and a
+    comparison of the strips finds it unchanged at once."""
     strips = []
-    for row in reversed(matrix.Rows):
-        markers, fg, style, bg = (
+    kept: dict = {"base": base}
+    last_rows = reuse if reuse is not None and reuse.get("base") == base else None
+    for y, row in enumerate(reversed(matrix.Rows)):
+        markers, fg, style, bg = cells = (
             matrix.marker[row],
             matrix.fullground[row],
             matrix.style[row],
             matrix.background[row],
         )
+        if last_rows is not None:
+            last = last_rows.get(y)
+            if last is not None and last[0] == cells:
+                strips.append(last[1])
+                kept[y] = last
+                continue
         segments = []
         start = 0
         for col in range(1, matrix.cols + 1):
@@ -185,14 +302,19 @@ def matrix_strips(plt: Plot, overlay=None) -> list[Strip]:
                 style[start],
                 bg[start],
             ):
+                colors = (fg[start], style[start], bg[start])
                 segments.append(
                     Segment(
                         "".join(markers[start:col]),
-                        cell_style((fg[start], style[start], bg[start])),
+                        cell_style(colors) if base is None else styled_cell(base, colors),
                     )
                 )
                 start = col
         strips.append(Strip(segments, matrix.cols))
+        kept[y] = (cells, strips[-1])
+    if reuse is not None:
+        reuse.clear()
+        reuse.update(kept)
     return strips
 
 
@@ -217,6 +339,15 @@ class CachedPlot(Widget):
         """Data-driven redraws skipped because no dot would have moved."""
         self._key: tuple | None = None
         self._strips: list[Strip] = []
+        self._rows: dict = {}
+        """The last build's rows, for ``strips_of`` to keep the unchanged ones."""
+        self._frame: tuple[tuple, object] | None = None
+        """(key, matrix) of the last frame plotext laid out, before the data was drawn."""
+        self.frames = 0
+        """How many of the builds had plotext lay out the frame (the others copied it)."""
+        self._base: Style | None = None
+        self._strips_base: Style | None = None
+        """The widget's style the strips were made over (they are drawn as they are)."""
         self._last_build = -math.inf
         self._pending: Timer | None = None
         self._visible: object = None
@@ -260,22 +391,46 @@ class CachedPlot(Widget):
         if not self.has_data():
             self._strips = []
             return
-        plt = self.plt
-        plt.clear_figure()
-        plt.plotsize(width, height)
-        plt.canvas_color("default")  # the widget's own background shows through
-        plt.axes_color("default")
-        plt.ticks_color(AXIS_COLOR)
-        overlay = self.draw(plt, width, height)
-        self._strips = matrix_strips(plt, overlay)
+        calls = PlotCalls()
+        overlay = self.draw(calls, width, height)  # type: ignore[arg-type]
+        frame_key = (width, height, calls.key())
+        if self._frame is not None and self._frame[0] == frame_key:
+            matrix = copy_matrix(self._frame[1])
+        else:
+            plt = self.plt
+            plt.clear_figure()
+            plt.plotsize(width, height)
+            plt.canvas_color("default")  # the widget's own background shows through
+            plt.axes_color("default")
+            plt.ticks_color(AXIS_COLOR)
+            calls.replay(plt)
+            plt._set_sizes()
+            plt._build_matrix()
+            matrix = plt.monitor.matrix
+            self._frame = (frame_key, copy_matrix(matrix))
+            self.frames += 1
+        if overlay is not None:
+            overlay(matrix)
+        self._strips_base = self.rich_style  # the widget's colours under the plot's
+        self._strips = strips_of(matrix, self._rows, self._strips_base)
         self._last_build = time.monotonic()
         self.builds += 1
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._base = self.rich_style  # once per pass, not once per line
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._base = None
+
     def render_line(self, y: int) -> Strip:
         self._build()
-        base = self.rich_style  # the widget's colours under the plot's (cached per style by Strip)
+        base = self._base if self._base is not None else self.rich_style
+        if base != self._strips_base and self._strips:  # new colours (a class, a theme)
+            self._key = None
+            self._build()
         if y < len(self._strips):
-            return self._strips[y].apply_style(base)
+            return self._strips[y]
         return Strip.blank(self.size.width, base)
 
     def text(self) -> str:
@@ -295,12 +450,18 @@ class CachedPlot(Widget):
 
     def throttle_s(self) -> float:
         """Seconds between data-driven redraws: slower while the terminal is not focused."""
-        focused = getattr(self.app, "app_focus", True)
-        return self.min_redraw_s if focused else max(self.min_redraw_s, UNFOCUSED_REDRAW_S)
+        return redraw_interval(self.app, self.min_redraw_s)
 
-    def request_redraw(self) -> None:
+    def request_redraw(self, throttled: bool = True) -> None:
         """New data: redraw now if the last look is old enough, else once, later — and only
-        if something visible changed."""
+        if something visible changed. ``throttled=False``: look now (the caller keeps the
+        cadence, e.g. a view that repaints its texts and plots together)."""
+        if not throttled:
+            if self._pending is not None:
+                self._pending.stop()
+                self._pending = None
+            self._redraw_if_changed()
+            return
         if self._pending is not None:
             return
         wait = self._last_build + self.throttle_s() - time.monotonic()

@@ -46,7 +46,9 @@ class RunPreview(Vertical):
         self.plot.settings = settings
         self.history_changed(now=True)
 
-    def history_changed(self, now: bool = False) -> None:
+    def history_changed(self, now: bool = False, throttled: bool = True) -> None:
+        """New points: the title, the legend, and a look at the plot (``throttled=False``:
+        the caller keeps the cadence)."""
         history = self.history
         title = Text()
         legend = Text()
@@ -73,4 +75,4 @@ class RunPreview(Vertical):
             plot.stage = stage_name
             plot.redraw_now()
         else:
-            plot.data_changed()
+            plot.data_changed(throttled)
