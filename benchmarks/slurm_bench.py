@@ -13,7 +13,11 @@ Needs a Slurm that answers (tests/slurm/setup.sh brings up a single-node one). P
 - baseline kill: ``scancel`` of the empty job until squeue says it ended (its processes are
   gone: no longer COMPLETING);
 - cockpit kill: ``cockpit kill RUN`` of a training run until it returns (it waits for the
-  same: the job ended, the folder says killed).
+  same: the job ended, the folder says killed);
+- prune: an ablation of three held jobs (blobs, learning rates 1e-2, 3e-2 and a hopeless
+  1e-9); the two good ones run first, then the hopeless one, which its pruner stops through
+  ``scancel`` of its own job; latency = from the decision (pruned.json's ``decided``) to the
+  job ended in squeue (CANCELLED: its processes gone), and to the folder's final ``pruned``.
 
 Prints medians and the ratios cockpit/baseline. Jobs are CPU-only (gpus: 0).
 """
@@ -122,6 +126,42 @@ def with_cockpit(ws: Path) -> tuple[float, float, float]:
     return started - t0, first_step, time.monotonic() - t1
 
 
+PRUNE = "prune={rule: median, metric: val_loss, warmup_steps: 10, every: 10, min_peers: 2}"
+
+
+def with_pruning(ws: Path) -> tuple[float, float]:
+    """(pruning decision -> job gone in squeue, decision -> summary final) in seconds."""
+    ws = ws / f"prune-{time.time_ns()}"
+    cockpit(
+        ws, "ablate", "tests/zoo/blobs.yaml", "--grid", "optimizer.lr=1e-2,3e-2,1e-9",
+        "--set", "gpus=0", "--set", "train={steps: 60, eval_every: 10, checkpoint_every: 30}",
+        "--set", PRUNE, "--launcher", "slurm", "--slurm", "extra=--hold", "--detach",
+    )  # fmt: skip
+    runs = {}
+    for d in os.listdir(ws):
+        if (ws / d / "slurm.json").exists():
+            lr = json.loads((ws / d / "summary.json").read_text())["overrides"]["optimizer.lr"]
+            runs[lr] = (d, json.loads((ws / d / "slurm.json").read_text())["job_id"])
+    good = [job for lr, (_, job) in runs.items() if lr != 1e-9]
+    subprocess.run(["scontrol", "release", *good], check=True, timeout=30)
+    for job in good:
+        _wait_ended(job)
+    victim, job = runs[1e-9]
+    subprocess.run(["scontrol", "release", job], check=True, timeout=30)
+    pruned, summary = ws / victim / "pruned.json", ws / victim / "summary.json"
+    deadline = time.monotonic() + 300
+    while not pruned.exists():
+        if time.monotonic() > deadline or _squeue_state(job) == "COMPLETED":
+            raise RuntimeError(f"{victim} was not pruned (see its engine.log)")
+        time.sleep(0.01)
+    _wait_ended(job)
+    gone = time.time() - json.loads(pruned.read_text())["decided"]
+    while json.loads(summary.read_text()).get("status") in ("queued", "running"):
+        time.sleep(0.01)
+    final = time.time() - json.loads(pruned.read_text())["decided"]
+    return gone, final
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -130,6 +170,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="slurm-bench-"))
     ws = args.workspace or tmp / "ws"
     rows = {"sbatch": [], "sbatch kill": [], "cockpit": [], "first step": [], "cockpit kill": []}
+    rows |= {"prune gone": [], "prune final": []}
     for i in range(args.repeat):
         sub, kill = baseline(tmp)
         rows["sbatch"].append(sub)
@@ -138,9 +179,13 @@ def main() -> int:
         rows["cockpit"].append(run)
         rows["first step"].append(step)
         rows["cockpit kill"].append(ck)
+        gone, final = with_pruning(ws)
+        rows["prune gone"].append(gone)
+        rows["prune final"].append(final)
         print(
             f"  repeat {i + 1}: sbatch→script {sub:.2f} s · cockpit run→engine running {run:.2f} s "
-            f"(first step {step:.2f} s) · scancel→gone {kill:.2f} s · cockpit kill {ck:.2f} s",
+            f"(first step {step:.2f} s) · scancel→gone {kill:.2f} s · cockpit kill {ck:.2f} s · "
+            f"pruned→job gone {gone:.2f} s (folder final {final:.2f} s)",
             flush=True,
         )
     med = {k: statistics.median(v) for k, v in rows.items()}
@@ -150,6 +195,8 @@ def main() -> int:
     print(f"  submit → 1st step  cockpit {med['first step']:.2f} s (torch's import and the data)")
     print(f"  kill → gone        plain scancel {med['sbatch kill']:.2f} s · cockpit kill "
           f"{med['cockpit kill']:.2f} s  (×{med['cockpit kill'] / med['sbatch kill']:.1f})")  # fmt: skip
+    print(f"  pruned → gone      the engine's scancel {med['prune gone']:.2f} s to the job ended · "
+          f"{med['prune final']:.2f} s to summary.json's pruned end")  # fmt: skip
     return 0
 
 

@@ -737,6 +737,21 @@ def test_parallel_is_lanes_of_singleton_jobs_and_queued_jobs_are_killed_too(ws):
         assert row["status"] == "killed" and row["reason"].startswith(f"Slurm job {j} cancelled")
 
 
+def start_now(job: str) -> None:
+    """Move a requeued job's BeginTime (Slurm's ~2 min hold) to now — but not within 2 s of its
+    previous attempt's end: slurmd revokes the old attempt's credential by the second, and a
+    relaunch in that same second is refused ("Job credential revoked": the job FAILs)."""
+    info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
+    end = slurm.parse_scontrol(info.stdout).get("EndTime", "")
+    try:
+        ended = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        ended = time.time()
+    while time.time() < ended + 2.5:  # a wall-clock window, not a guess at a state
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=10)
+
+
 @pytest.mark.slow
 @needs_slurm
 def test_a_requeued_job_resumes_from_its_latest_checkpoint(ws):
@@ -756,7 +771,7 @@ def test_a_requeued_job_resumes_from_its_latest_checkpoint(ws):
         time.sleep(0.2)
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=10)
     wait_for(ws, run_id, lambda r: r["status"] == "queued" and "pending" in (r["queue"] or ""))
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=10)
+    start_now(job)
     summary_path = ws / run_id / "summary.json"
 
     def resumed_and_stepping(row: dict) -> bool:
@@ -887,7 +902,7 @@ def test_a_job_killed_mid_step_then_requeued_logs_each_step_once(ws):
         time.sleep(0.1)
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=10)
     wait_for(ws, run_id, lambda r: r["status"] == "queued" and "pending" in (r["queue"] or ""))
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=10)
+    start_now(job)
     summary_path = ws / run_id / "summary.json"
 
     def resumed_past_the_first_attempt(row: dict) -> bool:
@@ -905,3 +920,169 @@ def test_a_job_killed_mid_step_then_requeued_logs_each_step_once(ws):
     )
     k = cockpit(ws, "kill", run_id)
     assert k.returncode == 0, k.stderr
+
+
+# ---------------------------------------------------------------- multi-node DDP
+
+
+def test_gpus_above_one_nodes_count_span_whole_nodes(tmp_path, monkeypatch):
+    assert launcher.nodes_of({"gpus": 16}, {"gpus_per_node": 8}) == (2, 8)
+    assert launcher.nodes_of({"gpus": 8}, {"gpus_per_node": 8}) == (1, 8)
+    assert launcher.nodes_of({"gpus": 1}, {"gpus_per_node": 8}) == (1, 1)
+    assert launcher.nodes_of({"gpus": 2, "device": "cpu"}, {"gpus_per_node": 1}) == (2, 1)
+    with pytest.raises(UsageError, match="gpus: 12 does not split evenly over nodes of 8"):
+        launcher.nodes_of({"gpus": 12}, {"gpus_per_node": 8})
+    bin_dir = tmp_path / "bin"  # without gpus_per_node: sinfo's GRES of the partition
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text('#!/bin/sh\necho "$@" > ' + str(tmp_path / "args") + "\n"
+                                   'printf "gpu:a100:4(S:0-1)\\n(null)\\n"\n')  # fmt: skip
+    (bin_dir / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert launcher.nodes_of({"gpus": 8}, {"partition": "a100"}) == (2, 4)
+    assert "--partition=a100" in (tmp_path / "args").read_text()
+    assert launcher.nodes_of({"gpus": 8, "device": "cpu"}, {}) == (1, 8)  # no GPUs: one node
+
+
+def test_multi_node_sbatch_line_asks_for_whole_nodes(tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    argv = launcher.sbatch_argv(RunFolder(run), {"slurm": {"gpus_per_node": 8}}, {"gpus": 16})
+    assert "--nodes=2" in argv and "--ntasks-per-node=1" in argv and "--gres=gpu:8" in argv
+    assert not any(a.startswith("--gpus-per-node") for a in argv)  # cockpit's key, not sbatch's
+    one = launcher.sbatch_argv(RunFolder(run), {"slurm": {"gpus_per_node": 8}}, {"gpus": 4})
+    assert "--nodes=1" in one and "--gres=gpu:4" in one and "--ntasks-per-node=1" not in one
+
+
+@pytest.mark.parametrize("value", ["0", "eight", True, -2])
+def test_gpus_per_node_must_be_a_count(tmp_path, fake_sbatch, value):
+    ws = _ws(tmp_path, f"launcher: slurm\nslurm: {{gpus_per_node: {json.dumps(value)}}}\n")
+    with pytest.raises(UsageError, match="gpus_per_node must be a whole number above 0"):
+        choose(ws)
+
+
+def test_in_a_job_of_several_nodes_torchrun_runs_once_per_node_through_srun(tmp_path):
+    from engine.distributed.launch import torchrun_command
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"launcher": "slurm"}))
+    folder = RunFolder(run)
+    env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "2"}
+    cmd = torchrun_command(folder, "multi_gpu", 3, 16, env)
+    assert cmd[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                       "--kill-on-bad-exit=1", "--overlap"]  # fmt: skip
+    tail = cmd[cmd.index("cockpit-ddp") + 1 :]
+    assert tail[0] == sys.executable
+    opts = dict(zip(tail[1:-5:2], tail[2:-5:2]))
+    assert opts["--nnodes"] == "2" and opts["--nproc-per-node"] == "8"
+    assert opts["--rdzv-backend"] == "c10d" and opts["--rdzv-id"] == "slurm-77-multi_gpu"
+    host, port = opts["--rdzv-endpoint"].rsplit(":", 1)
+    assert host == __import__("socket").gethostname() and port.isdigit()
+    assert tail[-5:] == ["-m", "engine.distributed.rank", str(run.resolve()), "multi_gpu", "3"]
+    script = cmd[cmd.index("-c") + 1]
+    assert "is_host=$host" in script and "unset COCKPIT_ENGINE_PROC" in script
+    one = torchrun_command(
+        folder, "train", 0, 4, {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "1"}
+    )
+    assert "--standalone" in one and one[0] == sys.executable
+    local = torchrun_command(folder, "train", 0, 4, {"SLURM_JOB_NUM_NODES": "2"})  # not a job
+    assert "--standalone" in local
+    own = torchrun_command(folder, "train", 0, 4, {**env, "COCKPIT_TORCHRUN_ARGS": "--nnodes 3"})
+    assert own[0] == sys.executable and "--nnodes" in own and "srun" not in own  # yours wins
+
+
+TWO_NODES = STATE / "two-nodes"
+
+
+def _two_nodes_reason() -> str | None:
+    if _slurm_reason() is not None:
+        return _slurm_reason()
+    if (TWO_NODES / "unavailable").exists():
+        return f"no two-node Slurm: {(TWO_NODES / 'unavailable').read_text().strip()}"
+    conf = TWO_NODES / "slurm.conf"
+    if not conf.exists():
+        return "no two-node Slurm here: run `bash tests/slurm/two_nodes.sh` as root first"
+    p = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=10,
+        env={**os.environ, "SLURM_CONF": str(conf)},
+    )  # fmt: skip
+    if p.stdout.count("idle") + p.stdout.count("mixed") < 2:
+        return f"the two Slurm nodes are not up: {p.stdout.strip() or p.stderr.strip()}"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_two_nodes_reason() is not None, reason=_two_nodes_reason() or "")
+def test_multi_node_ddp_runs_one_torchrun_per_node_and_multi_gpu_checks_it(ws, monkeypatch):
+    """The two-node Slurm of tests/slurm/two_nodes.sh (nodes n1 and n2 on this machine, one
+    CPU each): gpus: 2 with gpus_per_node: 1 is one job over both nodes, srun starts a torchrun
+    on each, they meet in the c10d rendezvous on the first node, and multi_gpu passes."""
+    monkeypatch.setenv("SLURM_CONF", str(TWO_NODES / "slurm.conf"))  # cockpit, its job, ls
+    p = cockpit(
+        ws, "run", "tests/zoo/blobs.yaml", "--set", "gpus=2", "--set", "device=cpu",
+        "--stages", "multi_gpu", "--launcher", "slurm", "--slurm", "gpus_per_node=1", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run_id,) = ls(ws)
+    job = job_of(ws, run_id)
+    sbatch = json.loads((ws / run_id / "slurm.json").read_text())["sbatch"]
+    assert "--nodes=2" in sbatch and "--ntasks-per-node=1" in sbatch
+    steps, deadline = set(), time.monotonic() + 180
+    while time.monotonic() < deadline:  # the srun step of the ranks, while it runs
+        q = subprocess.run(
+            ["squeue", "-h", "-s", "-j", job, "-o", "%i|%N"], capture_output=True, text=True,
+            timeout=10,
+        )  # fmt: skip
+        steps |= {line.strip() for line in q.stdout.splitlines() if line.strip()}
+        if any(s.startswith(f"{job}.0|") for s in steps) or RunFolder(ws / run_id).summary().get(
+            "status"
+        ) not in ("queued", "running", None):
+            break
+        time.sleep(0.2)
+    assert f"{job}.0|n[1-2]" in steps, steps  # one step over both nodes
+    row = wait_for(ws, run_id, lambda r: r["status"] not in ("queued", "running"), timeout=180)
+    assert row["status"] == "passed", row["reason"]
+    summary = json.loads((ws / run_id / "summary.json").read_text())
+    (stage,) = summary["stages"]
+    assert stage["name"] == "multi_gpu" and stage["status"] == "pass"
+    assert "2 processes" in stage["reason"] and summary["node"] == "n[1-2]"
+    log = (ws / run_id / "engine.log").read_text()
+    assert "[ddp] srun --nodes=2" in log and "--rdzv-backend c10d" in log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_two_nodes_reason() is not None, reason=_two_nodes_reason() or "")
+def test_multi_node_ddp_training_is_killed_on_every_node(ws, monkeypatch):
+    """DDP training over the two nodes, then `cockpit kill`: scancel ends the job's every
+    process — the engine, srun, both torchruns and their ranks — and the run is killed."""
+    import psutil
+
+    monkeypatch.setenv("SLURM_CONF", str(TWO_NODES / "slurm.conf"))
+    p = cockpit(
+        ws, "run", *BLOBS[:1], "--set", "gpus=2", "--set", "device=cpu", "--stages", "train",
+        "--set", "train.steps=1000000", "--launcher", "slurm", "--slurm", "gpus_per_node=1",
+        "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run_id,) = ls(ws)
+    run_dir = str((ws / run_id).resolve())
+    row = wait_for(ws, run_id, lambda r: r["status"] == "running" and (r["step"] or 0) > 5, 180)
+    assert row["node"] == "n[1-2]"
+
+    def procs(ranks_only: bool = False) -> list[psutil.Process]:
+        """The run's processes outside the engine: srun, the torchruns, the ranks."""
+        out = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            joined = " ".join(cmd)
+            ours = "engine.distributed.rank" in joined and run_dir in cmd
+            if ours and not (ranks_only and "torch.distributed.run" in joined):
+                out.append(proc)
+        return out
+
+    assert len(procs(ranks_only=True)) == 2  # one rank on each node
+    k = cockpit(ws, "kill", run_id)
+    assert k.returncode == 0 and "killed in" in k.stdout, k.stdout + k.stderr
+    assert ls(ws)[run_id]["status"] == "killed"
+    assert _squeue_state(job_of(ws, run_id)) == "CANCELLED"
+    assert procs() == []  # gone on both nodes once Slurm says the job ended

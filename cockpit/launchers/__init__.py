@@ -32,6 +32,7 @@ SLURM_KEYS = {
     "cpus_per_task": "CPUs for the job (-c)",
     "mem": "memory per node, e.g. 32G",
     "constraint": "node features, e.g. a100 (-C)",
+    "gpus_per_node": "GPUs (DDP processes) per node: gpus above it run over several nodes",
     "extra": "more sbatch options, a list or one string, e.g. [--exclusive, --nice=10]",
 }
 
@@ -90,6 +91,12 @@ def check_options(options: Any, where: str) -> dict[str, Any]:
                     f"{where}.extra: '{bad[0]}' is not an sbatch option (options start with -, "
                     "e.g. --constraint=a100)."
                 )
+        elif key == "gpus_per_node":
+            if not (str(value).isdigit() and int(value) > 0) or isinstance(value, bool):
+                raise LauncherError(
+                    f"{where}.gpus_per_node must be a whole number above 0 (GPUs of one node, e.g. 8)."
+                )
+            value = int(value)
         elif value is None or isinstance(value, (dict, list, bool)):
             raise LauncherError(f"{where}.{key} must be one value ({SLURM_KEYS[key]}).")
         else:

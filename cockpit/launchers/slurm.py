@@ -59,9 +59,49 @@ def gpus_of(preset: dict) -> int:
     return max(0, wanted)
 
 
+def ranks_of(preset: dict) -> int:
+    """DDP processes of the run in all (the preset's ``gpus`` above 1; 1 without DDP)."""
+    gpus = preset.get("gpus", 1)
+    return gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 1 else 1
+
+
+def node_gpus(partition: str | None = None) -> int | None:
+    """The most GPUs one node of the partition has, from ``sinfo``'s GRES (``gpu:8``,
+    ``gpu:a100:4(S:0-1)``); None when sinfo does not say (no GPUs, no sinfo, no answer)."""
+    argv = ["sinfo", "-h", "-o", "%G"] + ([f"--partition={partition}"] if partition else [])
+    rc, out, _ = jobs._run(argv)
+    if rc != 0:
+        return None
+    counts = [
+        int(m.group(1))
+        for m in re.finditer(r"(?:^|,)gpu(?::[^:,(\s]+)?:(\d+)", out, flags=re.MULTILINE)
+    ]
+    return max(counts) if counts else None
+
+
+def nodes_of(preset: dict, options: dict) -> tuple[int, int]:
+    """(nodes, DDP processes per node) for a run: one node unless its ``gpus`` are more than
+    one node has (``gpus_per_node`` in the Slurm options, else what sinfo says of the
+    partition's nodes); then as many whole nodes as it takes, the ranks split evenly."""
+    ranks = ranks_of(preset)
+    per_node = options.get("gpus_per_node")
+    if ranks > 1 and not per_node and gpus_of(preset):
+        per_node = node_gpus(options.get("partition"))
+    if ranks <= 1 or not per_node or ranks <= int(per_node):
+        return 1, ranks
+    per_node = int(per_node)
+    if ranks % per_node:
+        raise LauncherError(
+            f"gpus: {ranks} does not split evenly over nodes of {per_node} GPUs; ask for a "
+            f"multiple of {per_node} (or set slurm: {{gpus_per_node: N}} for this cluster)."
+        )
+    return ranks // per_node, per_node
+
+
 def sbatch_argv(folder: RunFolder, request: dict, preset: dict) -> list[str]:
     """The sbatch command line for one run (the script comes last)."""
     options = request.get("slurm") or {}
+    nodes, per_node = nodes_of(preset, options)
     argv = [
         "sbatch",
         "--parsable",
@@ -70,11 +110,13 @@ def sbatch_argv(folder: RunFolder, request: dict, preset: dict) -> list[str]:
         "--open-mode=append",
         f"--chdir={request.get('cwd') or os.getcwd()}",
         "--export=ALL",
-        "--nodes=1",
+        f"--nodes={nodes}",
     ]
-    n = gpus_of(preset)
-    if n:
-        argv.append(f"--gres=gpu:{n}")
+    if nodes > 1:  # one torchrun per node (srun), the engine on the first
+        argv.append("--ntasks-per-node=1")
+    n = per_node if nodes > 1 else gpus_of(preset)
+    if n and gpus_of(preset):
+        argv.append(f"--gres=gpu:{n}")  # per node
     if request.get("group_parallel") and request.get("group") and request.get("lane") is not None:
         argv.append("--dependency=singleton")  # the lane's previous job must end first
     for key in ("partition", "account", "time", "qos", "cpus_per_task", "mem", "constraint"):

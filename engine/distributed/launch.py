@@ -8,7 +8,13 @@ runs under DDP (``Stage.distributed``) runs as
 
 one process per GPU; ``batch_size`` is per rank, so the global batch is N × batch_size.
 
-Multi-node: ``$COCKPIT_TORCHRUN_ARGS`` replaces ``--standalone --nnodes 1`` with torchrun's own
+Multi-node under Slurm (docs/slurm.md): in a job of K nodes (``gpus`` above one node's count,
+cockpit/launchers/slurm.py), the engine runs on the first node and starts
+``srun --nodes K --ntasks-per-node 1 ... torchrun --nnodes K --nproc-per-node N/K
+--rdzv-backend c10d --rdzv-endpoint <this host>:<a free port>``: one torchrun per node, the
+first node hosting the rendezvous; ``gpus`` is the total.
+
+By hand: ``$COCKPIT_TORCHRUN_ARGS`` replaces ``--standalone --nnodes 1`` with torchrun's own
 rendezvous options (e.g. ``--nnodes 2 --rdzv-backend c10d --rdzv-endpoint host0:29400
 --rdzv-id myrun``); ``gpus`` is then per node. Each other node runs the same torchrun command,
 which the engine writes to engine.log, on a run folder that every node sees.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,25 +47,94 @@ if TYPE_CHECKING:
     from engine.context import RunContext
 
 
-def torchrun_command(folder: RunFolder, stage: str, index: int, nproc: int) -> list[str]:
-    rendezvous = shlex.split(os.environ.get(TORCHRUN_ARGS_ENV, "")) or [
-        "--standalone",
-        "--nnodes",
-        "1",
-    ]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        *rendezvous,
-        "--nproc-per-node",
-        str(nproc),
+def torchrun_command(
+    folder: RunFolder, stage: str, index: int, nproc: int, environ: dict | None = None
+) -> list[str]:
+    """torchrun for ``nproc`` ranks in all: on this node, or — in a Slurm job of several
+    nodes — ``srun`` starting one torchrun per node of the job (see ``slurm_nodes_command``)."""
+    env = os.environ if environ is None else environ
+    rendezvous = shlex.split(env.get(TORCHRUN_ARGS_ENV, ""))
+    target = [
         "-m",
         "engine.distributed.rank",
         str(folder.path.resolve()),
         stage,
         str(index),
     ]
+    nodes = slurm_nodes(folder, env)
+    if not rendezvous and nodes > 1:
+        return slurm_nodes_command(folder, stage, nodes, nproc, target, env)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *(rendezvous or ["--standalone", "--nnodes", "1"]),
+        "--nproc-per-node",
+        str(nproc),
+        *target,
+    ]
+
+
+def slurm_nodes(folder: RunFolder, environ: dict) -> int:
+    """Nodes of the Slurm job this engine runs in for its run (1 outside one)."""
+    from engine.torchfree import slurm
+
+    if not slurm.in_job(folder.request(), environ):
+        return 1
+    n = str(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1")
+    return int(n) if n.isdigit() and int(n) > 0 else 1
+
+
+# per node, inside srun: the first node hosts the rendezvous (the engine runs there: it is the
+# batch host); the others drop the engine's pid, which their own hosts do not know
+_PER_NODE = (
+    'node="${SLURM_NODEID:-0}"; host=0; '
+    'if [ "$node" = 0 ]; then host=1; else unset ' + ENGINE_ENV + "; fi; "
+    'py="$1"; shift; exec "$py" -m torch.distributed.run --rdzv-conf "is_host=$host" "$@"'
+)
+
+
+def slurm_nodes_command(
+    folder: RunFolder, stage: str, nodes: int, nproc: int, target: list[str], environ: dict
+) -> list[str]:
+    """Multi-node DDP in a Slurm job: ``srun`` runs one torchrun on each of the job's
+    ``nodes`` nodes (``nproc // nodes`` ranks each), which meet in a c10d rendezvous on this
+    engine's host — the job's first node — at a port free here, under an id of the job and
+    stage. ``--kill-on-bad-exit``: a node whose torchrun fails ends the step on every node."""
+    per_node = max(1, nproc // nodes)
+    job = environ.get("SLURM_JOB_ID", "0")
+    host = socket.gethostname()
+    return [
+        "srun",
+        f"--nodes={nodes}",
+        f"--ntasks={nodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        "--overlap",  # beside the batch step, which holds the engine
+        f"--job-name=cockpit-{stage}",
+        "bash",
+        "-c",
+        _PER_NODE,
+        "cockpit-ddp",
+        sys.executable,
+        "--nnodes",
+        str(nodes),
+        "--nproc-per-node",
+        str(per_node),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"{host}:{_free_port()}",
+        "--rdzv-id",
+        f"slurm-{job}-{stage}",
+        *target,
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 def run_on_ranks(ctx: RunContext, stage: str) -> dict:
@@ -114,7 +190,11 @@ def run_on_ranks(ctx: RunContext, stage: str) -> dict:
 
 def _stop_ranks(proc: subprocess.Popen) -> None:
     """SIGTERM to the ranks themselves: they stop together at their next step, rank 0 saves a
-    checkpoint, and torchrun ends cleanly. Before the ranks exist, torchrun gets it."""
+    checkpoint, and torchrun ends cleanly. Before the ranks exist, torchrun gets it. Ranks on
+    several nodes (srun): srun gets it and forwards it to every node's torchrun."""
+    if isinstance(proc.args, list) and proc.args and proc.args[0] == "srun":
+        proc.send_signal(signal.SIGTERM)
+        return
     try:
         ranks = psutil.Process(proc.pid).children()
     except psutil.Error:

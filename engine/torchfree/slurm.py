@@ -12,6 +12,9 @@ preemption, a node failure, the out-of-memory killer).
   looked up with one ``sacct`` call where accounting is configured.
 - ``overlay`` combines a summary with its job: pure, so it is tested without Slurm.
 - Without ``squeue`` on PATH (or when it fails) nothing changes: the folder is shown as written.
+- Inside the job: the engine's fields (``job_fields``), the resume of a requeued run
+  (``resume_plan``, cutting the logs back to its checkpoint), and pruning through ``scancel``
+  of the job itself (``cancel_pruned``; ``pruned.json`` keeps the decision).
 """
 
 from __future__ import annotations
@@ -388,9 +391,13 @@ def job_fields(environ: dict | None = None) -> dict[str, Any]:
     """What the engine records about its job in summary.json: id, node(s), restarts."""
     env = os.environ if environ is None else environ
     restarts = env.get("SLURM_RESTART_COUNT") or "0"
+    several = str(env.get("SLURM_JOB_NUM_NODES") or "1") not in ("", "1")
+    first = env.get("SLURMD_NODENAME")
     return {
         "slurm_job": env.get("SLURM_JOB_ID"),
-        "node": env.get("SLURMD_NODENAME") or env.get("SLURM_JOB_NODELIST"),
+        "node": (env.get("SLURM_JOB_NODELIST") if several else None)  # a multi-node job's nodes
+        or first
+        or env.get("SLURM_JOB_NODELIST"),
         "slurm_restarts": int(restarts) if restarts.isdigit() else 0,
         "slurm_state": None,  # a requeued job's earlier end is not this attempt's
         "reason": None,
@@ -406,7 +413,8 @@ def resume_plan(
 
     None when this is the job's first start (SLURM_RESTART_COUNT 0), the run is not a Slurm
     run or not train-only (a ladder's other stages start over), there is no train checkpoint
-    of its own yet, or nothing would be left to train."""
+    of its own yet, or nothing would be left to train. With a plan, what the previous attempt
+    logged after the checkpoint's step is cut first (``cut_logs_after``; "cut" in the plan)."""
     env = os.environ if environ is None else environ
     restarts = env.get("SLURM_RESTART_COUNT") or "0"
     if not (in_job(request, env) and restarts.isdigit() and int(restarts) > 0):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A single-node Slurm for the tests (tests/test_slurm.py): Debian's slurm-wlm and munge,
 # munged, slurmctld and slurmd on this machine, CPU-only, one node "localhost" in one default
-# partition. Idempotent (a running, answering Slurm is left alone), bounded in time (every
+# partition (then tests/slurm/two_nodes.sh: a second Slurm of two nodes on this machine, for the
+# multi-node DDP test). Idempotent (a running, answering Slurm is left alone), bounded in time (every
 # step has a timeout), and it always exits 0: when Slurm cannot be brought up, the reason goes
 # to $COCKPIT_SLURM_STATE/unavailable and the Slurm tests skip with it.
 #
@@ -19,9 +20,12 @@ fail() {
     exit 0
 }
 up() { timeout 5 sinfo -h -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'; }
+# and a second, two-node Slurm on this machine for the multi-node DDP test (its own ports)
+two_nodes() { bash "$(dirname "${BASH_SOURCE[0]}")/two_nodes.sh"; }
 
 if command -v sinfo >/dev/null && up; then
     say "already up ($(timeout 5 sinfo -h -o '%N %T %c CPUs' | head -1))"
+    two_nodes
     exit 0
 fi
 [ "$(id -u)" = 0 ] || fail "not root: cannot install or start slurmctld/slurmd here (run tests/slurm/setup.sh as root)"
@@ -108,6 +112,7 @@ fi
 for _ in $(seq 1 30); do
     if up; then
         say "up: $(timeout 5 sinfo -h -o '%P %N %T %c CPUs')"
+        two_nodes
         exit 0
     fi
     timeout 5 scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1
