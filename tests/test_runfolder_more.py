@@ -122,8 +122,11 @@ def test_a_workspace_that_cannot_be_created_says_why_and_which_code(tmp_path, mo
         monkeypatch.setattr(Path, "mkdir", fail)
         with pytest.raises(WorkspaceError) as e:
             rf.prepare_workspace(tmp_path / "new")
-        assert str(e.value).startswith(f"cannot create the workspace {tmp_path / 'new'}: ")
-        assert said in str(e.value) and str(e.value).endswith(".") and e.value.code == code
+        new = tmp_path / "new"
+        assert str(e.value) == (
+            f"cannot create the workspace {new}: {rf.write_error(OSError(err, 'x'), new)}."
+        )
+        assert said in str(e.value) and e.value.code == code
     monkeypatch.undo()
 
     def raced(self, *a, **k):  # another writer made it first
@@ -152,8 +155,11 @@ def test_a_workspace_that_cannot_be_written_says_why_and_which_code(tmp_path, mo
         with pytest.raises(WorkspaceError) as e:
             rf.prepare_workspace(tmp_path)
         monkeypatch.undo()
-        assert str(e.value).startswith(f"cannot write into the workspace {tmp_path}: {said}")
-        assert str(e.value).endswith(".") and e.value.code == code
+        assert str(e.value) == (
+            f"cannot write into the workspace {tmp_path}: "
+            f"{rf.write_error(OSError(err, 'x'), tmp_path)}."
+        )
+        assert said in str(e.value) and e.value.code == code
 
 
 @pytest.mark.parametrize(
@@ -198,6 +204,9 @@ def test_only_the_first_64_kib_of_cockpit_yaml_are_read(tmp_path, monkeypatch):
     (tmp_path / "cockpit.yaml").write_text("#" * 65535 + "\nshare: group\n")
     assert rf.sharing(tmp_path) == "private"
     (tmp_path / "cockpit.yaml").write_text("#" * 65000 + "\nshare: group\n")
+    assert rf.sharing(tmp_path) == "group"
+    line = "\nshare: group"  # the 64 KiB end right after it: the 's' that follows is not read
+    (tmp_path / "cockpit.yaml").write_text("#" * (65536 - len(line)) + line + "s\n")
     assert rf.sharing(tmp_path) == "group"
 
 
@@ -391,6 +400,7 @@ def test_a_run_id_is_a_slug_a_time_and_a_random_tail(monkeypatch):
     tail = rid.rsplit("-", 1)[1]
     assert len(tail) == 4 and int(tail, 16) >= 0
     assert rf.new_run_id("a.b_c-d").startswith("a.b_c-d-20260102")
+    assert rf.new_run_id("XRay Z9").startswith("XRay-Z9-20260102")
     assert rf.new_run_id("..//--").startswith("run-20260102")
     assert rf.new_run_id("").startswith("run-20260102")
     assert rf.new_run_id("-.x.-").startswith("x-20260102")
@@ -653,6 +663,13 @@ def test_the_last_eval_is_the_last_whole_object_line(tmp_path):
     folder.file("evals.jsonl").write_bytes(big)
     assert folder.last_eval()["step"] == 199
     assert folder._last_jsonl("evals.jsonl", max_bytes=50) is None  # less than one line
+    line = b'{"step": 1, "pad": "' + b"x" * (8192 - 23) + b'"}\n'
+    assert len(line) == 8192
+    folder.file("evals.jsonl").write_bytes(line)
+    assert folder.last_eval()["step"] == 1  # a last line of 8 kB exactly is read
+    folder.file("evals.jsonl").write_bytes(line[:-3] + b'x"}\n')
+    assert folder.last_eval() is None  # one byte more: cut, so not JSON
+    assert folder._last_jsonl("evals.jsonl", max_bytes=8193)["step"] == 1
 
 
 def test_the_last_telemetry_leaves_the_header_out(tmp_path):
@@ -961,8 +978,15 @@ def test_a_snapshot_without_time_spent_or_a_clock_shows_no_share_or_time(tmp_pat
     folder = make(tmp_path, status="passed")
     write_steps(folder, [row(1, step_s=0.0, data_s=0.0, time=math.nan)])
     snap = folder.snapshot()
+    assert snap.status == "passed" and snap.step == 1  # read, not an 'unreadable' row
     assert math.isnan(snap.data_wait) and snap.last_time is None
     assert snap.to_json()["data_wait"] is None
+
+
+def test_the_data_wait_share_is_over_the_last_64_steps(tmp_path):
+    folder = make(tmp_path, status="passed")
+    write_steps(folder, [row(0, data_s=100.0, step_s=100.0)] + [row(i) for i in range(1, 65)])
+    assert folder.snapshot().data_wait == pytest.approx(0.1)  # 0.01 of 0.1 s, step 0 left out
 
 
 def test_a_snapshot_of_a_broken_folder_is_one_unreadable_row(tmp_path, monkeypatch):
@@ -1067,4 +1091,6 @@ def test_a_run_is_found_by_id_prefix_or_path(tmp_path, monkeypatch):
     assert rf.find_run(tmp_path / "elsewhere", "quick-10").path == Path("quick-10")  # a path
     with pytest.raises(LookupError):
         rf.find_run(tmp_path, "x\0y")  # a NUL is a control character
-    assert rf.find_run(tmp_path, "quick-1 ".strip()).run_id == "quick-1"
+    with pytest.raises(LookupError) as e:
+        rf.find_run(tmp_path, "q" * 300)  # no file system takes such a name: not a path
+    assert str(e.value).startswith(f"no run '{'q' * 300}' in {tmp_path}; the latest is slow-1")

@@ -343,6 +343,10 @@ def _json_kind(value: Any) -> str:
     return "an object"
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -693,9 +697,7 @@ class RunFolder:
     def preset_text(self) -> str:
         """preset.yaml as text; "" when it is missing or unreadable."""
         try:
-            return read_regular(self.file("preset.yaml"), MAX_JSON_BYTES).decode(
-                "utf-8", errors="replace"
-            )
+            return read_regular(self.file("preset.yaml"), MAX_JSON_BYTES).decode(errors="replace")
         except OSError:
             return ""
 
@@ -860,8 +862,8 @@ class RunFolder:
         path, problem = confined_checkpoint(self.path, info.get("file"))
         if path is None:
             return None, problem
-        step = info.get("step", 0)
-        if not (isinstance(step, int) and not isinstance(step, bool) and 0 <= step < 2**53):
+        step = info.get("step")
+        if "step" in info and not (_is_int(step) and 0 <= step < 2**53):
             return None, f"{latest}: 'step' is {_json_kind(step)}, expected a whole number ≥ 0"
         return {**info, "path": str(path)}, None
 
@@ -972,11 +974,10 @@ def find_run(workspace: Path, ref: str) -> RunFolder:
         raise LookupError(f"'{ref}' has spaces around it; no run id does — give it without them.")
     p = Path(ref)
     try:
-        is_path = (p / "summary.json").is_file()
-    except (OSError, ValueError):
-        is_path = False
-    if is_path:
-        return RunFolder(p)
+        if (p / "summary.json").is_file():  # a run folder's path
+            return RunFolder(p)
+    except (OSError, ValueError):  # a name too long to be a path: an id, or nothing
+        pass
     runs = [r for r in iter_runs(workspace)]
     exact = [r for r in runs if r.run_id == ref]
     if exact:
@@ -984,7 +985,7 @@ def find_run(workspace: Path, ref: str) -> RunFolder:
     prefix = [r for r in runs if r.run_id.startswith(ref)]
     if len(prefix) == 1:
         return prefix[0]
-    if len(prefix) > 1:
+    if prefix:  # more than one
         names = ", ".join(r.run_id for r in prefix[:5])
         raise LookupError(
             f"'{ref}' matches {len(prefix)} runs in {workspace} ({names}); give more of the id."
