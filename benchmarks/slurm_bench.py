@@ -47,10 +47,14 @@ def _squeue_state(job: str) -> str:
     return p.stdout.strip()
 
 
+ENDING = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING")
+LIVE = ("queued", "running")
+
+
 def _wait_ended(job: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _squeue_state(job) not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+        if _squeue_state(job) not in ENDING:
             return
         time.sleep(0.05)
     raise RuntimeError(f"job {job} did not end in {timeout} s")
@@ -154,11 +158,16 @@ def with_pruning(ws: Path) -> tuple[float, float]:
         if time.monotonic() > deadline or _squeue_state(job) == "COMPLETED":
             raise RuntimeError(f"{victim} was not pruned (see its engine.log)")
         time.sleep(0.01)
-    _wait_ended(job)
-    gone = time.time() - json.loads(pruned.read_text())["decided"]
-    while json.loads(summary.read_text()).get("status") in ("queued", "running"):
+    decided = json.loads(pruned.read_text())["decided"]
+    gone = final = None
+    while gone is None or final is None:  # whichever comes first: both are timed
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{victim}: job {job} did not end after its pruning")
+        if final is None and json.loads(summary.read_text()).get("status") not in LIVE:
+            final = time.time() - decided
+        if gone is None and _squeue_state(job) not in ENDING:
+            gone = time.time() - decided
         time.sleep(0.01)
-    final = time.time() - json.loads(pruned.read_text())["decided"]
     return gone, final
 
 

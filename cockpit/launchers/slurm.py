@@ -6,7 +6,9 @@
   ``device: cpu``), the run's sbatch options (run.json's ``slurm``: partition, account,
   time, ...), ``--output`` appending to the run's engine.log, and ``slurm.json`` recording the
   job id. An ablation's ``--parallel N`` becomes N job names with ``--dependency=singleton``:
-  Slurm itself keeps at most N of the group running, across the whole cluster.
+  Slurm itself keeps at most N of the group running, across the whole cluster. A run whose
+  ``gpus`` are more than one node has (``gpus_per_node``, else sinfo) asks for whole nodes,
+  one task each; the engine on the first runs DDP stages with srun (engine/distributed/launch.py).
 - The engine inside the job skips the host's slot queue (Slurm allocated its devices) and
   records the job id and node in summary.json; readers combine the folder with ``squeue``
   (engine/torchfree/slurm.py), so a job that waits, runs, or ended by Slurm's hand shows so.
