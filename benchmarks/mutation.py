@@ -68,7 +68,16 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         ["tests/test_preset.py", "tests/test_preset_edges.py", "tests/test_preset_more.py"],
     ),
     "stage_base": ("engine/stages/base.py", ["tests/test_boundaries.py"]),
-    "speed": ("engine/stages/speed.py", ["tests/test_boundaries.py", "-k", "speed"]),
+    "speed": (
+        "engine/stages/speed.py",
+        [
+            "tests/test_speed_stage.py",
+            "tests/test_speed_busy.py",
+            "tests/test_boundaries.py",
+            "-k",
+            "speed",
+        ],
+    ),
 }
 """name: (the file mutated, the pytest arguments that select the tests judging it)."""
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-x", "-m", "not slow", "-W", "ignore"]

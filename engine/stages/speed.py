@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,18 +44,16 @@ class SpeedStage(Stage):
         # data only: a fresh loader, as the loop would see it (worker start-up timed apart)
         loader = ctx.train_loader()
         t0 = time.perf_counter()
-        it = iter(loader)
-        first = next(it)
+        data_iter = EpochIterator(loader)  # starts the workers, as the loop's would
+        first = next(data_iter)
         t_first = time.perf_counter() - t0
         n, t0 = 0, time.perf_counter()
         deadline = t0 + s.seconds
-        data_iter = EpochIterator(loader)
-        data_iter.it = it
         while n < s.batches and time.perf_counter() < deadline:
             next(data_iter)
             n += 1
         data_s = (time.perf_counter() - t0) / max(n, 1)
-        del it, data_iter
+        del data_iter
         metrics["data_s_per_batch"] = data_s
         val_s = _time_val_data(ctx, s)
         metrics["val_data_s_per_batch"] = val_s
@@ -117,10 +116,8 @@ class SpeedStage(Stage):
             f"{bottleneck}-bound: {secs(step_s)} per batch ({1 / step_s:.0f} batches/s), "
             f"data wait {100 * wait:.0f}% · data alone {secs(data_s)}, compute alone {secs(compute_s)} per batch"
         )
-        if "set precision" in precision.detail or "set compile" in precision.detail:
-            summary += (
-                f" · {precision.detail.split(' (')[0]}: {precision.detail.rsplit(': ', 1)[-1]}"
-            )
+        if getattr(precision, "advice", ""):
+            summary += f" · {precision.advice}"
         verdict = from_checks(checks, metrics, summary)
         if verdict.status != "pass":
             verdict.reason = f"{verdict.reason} · {summary}"
@@ -266,13 +263,23 @@ def precision_check(
     speed = ", ".join(f"{label[k]} {secs(v)}" for k, v in times.items())
     if best != now and times[best] < 0.85 * times[now]:
         key = "compile: true" if best == "compile" else f"precision: {best}"
-        return Check(  # advice, not a problem: the ladder runs with the tricks off
-            "precision",
-            "pass",
+        faster = (
             f"{label[best]} is {times[now] / times[best]:.1f}× faster per batch than {label[now]} "
-            f"on {device.type} ({speed}): set {key} once the ladder passes",
+            f"on {device.type}"
+        )
+        todo = f"set {key} once the ladder passes"
+        return PrecisionCheck(  # advice, not a problem: the ladder runs with the tricks off
+            "precision", "pass", f"{faster} ({speed}): {todo}", advice=f"{faster}: {todo}"
         )
     return Check("precision", "pass", f"{label[now]} is the right choice here ({speed})")
+
+
+@dataclass
+class PrecisionCheck(Check):
+    """The precision check when it recommends a switch; ``advice`` is that recommendation
+    without the timings, as the stage's summary repeats it."""
+
+    advice: str = ""
 
 
 def _load() -> float:
