@@ -1086,3 +1086,35 @@ def test_multi_node_ddp_training_is_killed_on_every_node(ws, monkeypatch):
     assert ls(ws)[run_id]["status"] == "killed"
     assert _squeue_state(job_of(ws, run_id)) == "CANCELLED"
     assert procs() == []  # gone on both nodes once Slurm says the job ended
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_a_pruned_ddp_run_is_cancelled_by_its_rank_0(ws):
+    """Under DDP the pruner runs on rank 0 (a torchrun child): its scancel ends the engine,
+    torchrun and both ranks through Slurm, and the run still says pruned. The planted
+    hopeless run (lr 1e-9) starts after its two peers have trained (held jobs)."""
+    p = cockpit(
+        ws, "ablate", "tests/zoo/blobs.yaml", "--grid", "optimizer.lr=1e-2,3e-2,1e-9",
+        "--set", "gpus=2", "--set", "device=cpu",
+        "--set", "train={steps: 60, eval_every: 10, checkpoint_every: 30}", "--set", PRUNE,
+        "--launcher", "slurm", "--slurm", "extra=--hold", "--detach",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    lr = {r: RunFolder(ws / r).summary()["overrides"]["optimizer.lr"] for r in ls(ws)}
+    jobs = {r: job_of(ws, r) for r in lr}
+    (victim,) = [r for r, v in lr.items() if v == 1e-9]
+    good = [r for r in lr if r != victim]
+    subprocess.run(["scontrol", "release", *(jobs[r] for r in good)], check=True, timeout=10)
+    for r in good:
+        done = wait_for(ws, r, lambda r: r["status"] not in ("queued", "running"), timeout=240)
+        assert done["status"] == "passed", done["reason"]
+    subprocess.run(["scontrol", "release", jobs[victim]], check=True, timeout=10)
+    row = wait_for(
+        ws, victim, lambda r: r["status"] not in ("queued", "running") and r["slurm_state"], 240
+    )
+    assert row["status"] == "killed" and row["slurm_state"] == "CANCELLED"
+    assert row["reason"].startswith("pruned: val_loss") and "of 2 peers" in row["reason"]
+    summary = json.loads((ws / victim / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["pruned"]["reason"] == row["reason"]
+    assert _squeue_state(jobs[victim]) == "CANCELLED"
