@@ -960,6 +960,19 @@ def test_gpus_per_node_must_be_a_count(tmp_path, fake_sbatch, value):
         choose(ws)
 
 
+def test_gpus_that_do_not_split_over_nodes_mark_the_run_and_say_why(tmp_path, fake_sbatch):
+    run = tmp_path / "r1"
+    run.mkdir()
+    folder = RunFolder(run)
+    folder.write_summary({"run_id": "r1", "status": "queued", "stages": []})
+    (run / "run.json").write_text(json.dumps({"launcher": "slurm", "slurm": {"gpus_per_node": 8}}))
+    (run / "preset.yaml").write_text("gpus: 12\n")
+    with pytest.raises(UsageError, match="gpus: 12 does not split evenly over nodes of 8"):
+        launcher.submit(folder)
+    assert folder.summary()["status"] == "error" and "split evenly" in folder.summary()["reason"]
+    assert not fake_sbatch.exists()  # nothing submitted
+
+
 def test_in_a_job_of_several_nodes_torchrun_runs_once_per_node_through_srun(tmp_path):
     from engine.distributed.launch import torchrun_command
 

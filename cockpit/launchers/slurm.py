@@ -191,7 +191,11 @@ def submit(folder: RunFolder) -> JobHandle:
     preset = yaml.safe_load(folder.preset_text() or "{}") or {}
     write_bytes_private(folder.file(SCRIPT), script_text(folder).encode())
     os.chmod(folder.file(SCRIPT), 0o700 | (os.stat(folder.path).st_mode & 0o050))
-    argv = sbatch_argv(folder, request, preset)
+    try:
+        argv = sbatch_argv(folder, request, preset)
+    except LauncherError as e:  # e.g. gpus that do not split over whole nodes
+        _mark_error(folder, str(e).rstrip("."))
+        raise
     try:
         p = subprocess.run(
             argv,
