@@ -12,7 +12,6 @@ import time
 from typing import NoReturn
 
 from cockpit.args import UsageError, parse_sets, parse_stages
-from engine.torchfree.preset import PresetError
 from engine.torchfree.runfolder import WorkspaceError, check_workspace, disk_full, write_error
 
 EPILOG = """commands:
@@ -160,6 +159,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """What ``main`` turns into one line and exit 2. An ``except`` evaluates its classes only
+    when something was raised, so the preset module (yaml, the ladder's settings: ~40 ms)
+    is not imported on the way to the app's first frame."""
+    from engine.torchfree.preset import PresetError
+
+    return (PresetError, UsageError, LookupError)
+
+
 def main(argv: list[str] | None = None) -> int:
     # a run folder or path with non-UTF-8 bytes in its name prints escaped, never a traceback
     with contextlib.suppress(AttributeError, ValueError):
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "show": cmd_show,
         }
         return handler[args.command](args)
-    except (PresetError, UsageError, LookupError) as e:
+    except _user_errors() as e:
         msg = str(e).strip("'\"") if isinstance(e, LookupError) else str(e)
         print(f"cockpit: {msg}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import psutil
 from textual.message import Message
 
 from cockpit.app.messages import DeviceSample, DevicesSampled, GpuReading
@@ -38,7 +37,10 @@ class NvmlProbe:
     """GPUs through NVML (the one wrapper, engine/torchfree/nvml.py), CPU load through psutil."""
 
     def __init__(self, clock: Callable[[], float] = time.time):
+        import psutil  # on the sampling thread, after the first frame
+
         self.clock = clock
+        self._cpu_percent = psutil.cpu_percent
         self.note: str | None = None
         self._nvml = Nvml()
         self._handles: list[tuple[int, Any, str, float | None]] = []
@@ -51,7 +53,7 @@ class NvmlProbe:
             )
         else:
             self._open_devices()
-        psutil.cpu_percent(None)  # the first call only starts the measurement
+        self._cpu_percent(None)  # the first call only starts the measurement
 
     def _open_devices(self) -> None:
         nvml = self._nvml
@@ -82,7 +84,7 @@ class NvmlProbe:
                     pids=tuple(pid for pid, _ in processes),
                 )
             )
-        return DeviceSample(self.clock(), tuple(gpus), psutil.cpu_percent(None))
+        return DeviceSample(self.clock(), tuple(gpus), self._cpu_percent(None))
 
     def close(self) -> None:
         self._nvml.close()

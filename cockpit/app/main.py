@@ -9,6 +9,7 @@ processes of their own session, so quitting the app leaves them running.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import threading
 import time
@@ -93,6 +94,9 @@ class CockpitApp(App[None]):
         self._history_users: dict[str, set[int]] = {}
         self._threads: list[threading.Thread] = []
         self._engines: list[subprocess.Popen] = []
+        self.resume_gc = False
+        """Set by ``run_app``, which starts the app with the garbage collector off: it is
+        turned on again once the first frame is out."""
 
     # ---- life ----------------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -101,6 +105,10 @@ class CockpitApp(App[None]):
         self.call_after_refresh(self._start_threads)
 
     def _start_threads(self) -> None:
+        if self.resume_gc:
+            self.resume_gc = False
+            gc.freeze()  # what the start made stays: later passes need not look at it again
+            gc.enable()
         if self._threads:
             return
         for name, target in (

@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from engine.torchfree.ladder import is_data_bound
-
 GPU_BUSY = 80.0
 """GPU utilization (%) from which the device counts as kept busy."""
 RECENT_S = 60.0
 """The verdict looks at the last minute: long enough to smooth epochs' spikes, short enough to follow a change."""
+
+
+def is_data_bound(share: float) -> bool:
+    """The ladder's one rule for "data-bound" (``engine.torchfree.ladder.is_data_bound``),
+    imported on first use: the ladder's settings take ~15 ms to import, which the app's
+    first frame does not wait for."""
+    from engine.torchfree.ladder import is_data_bound as rule
+
+    return rule(share)
 
 
 def mean_since(series: Iterable[tuple[float, float]], since: float) -> float | None:

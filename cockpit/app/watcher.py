@@ -18,13 +18,11 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 from textual.message import Message
 
 from cockpit.app.envelope import numpy
 from cockpit.app.history import RunHistory
 from cockpit.app.messages import HistoryUpdated, RunState, RunsUpdated
-from cockpit.launch import engine_process
 from engine.torchfree.runfolder import FINAL, LIVE, JsonlTail, RunFolder
 
 WINDOW_S = 600.0
@@ -143,6 +141,10 @@ def _differs(a: RunState, b: RunState) -> bool:
 
 
 def _process_tree(folder: RunFolder) -> frozenset[int]:
+    import psutil
+
+    from cockpit.launch import engine_process  # on the watcher thread, after the first frame
+
     proc = engine_process(folder)
     if proc is None:
         return frozenset()

@@ -291,15 +291,18 @@ def test_the_runs_table_renders_again_only_the_cells_whose_value_changed():
 
 
 def test_the_first_frame_does_not_wait_for_numpy_plotext_or_the_other_screens():
-    """They load on first use (numpy on the watcher thread); importing the app must not pull
-    them in, or its start gets slower by their import time."""
+    """They load on first use (numpy, psutil and the launcher on the watcher and sampling
+    threads, the preset module and yaml only for a preset error or a launch); importing the
+    app must not pull them in, or its start gets slower by their import time."""
     import subprocess
     import sys
 
     code = (
         "import sys, cockpit.cli, cockpit.app.main; "
         "print([m for m in ('numpy', 'plotext', 'cockpit.app.screens.run', "
-        "'cockpit.app.screens.compare', 'cockpit.app.screens.new_run') if m in sys.modules])"
+        "'cockpit.app.screens.compare', 'cockpit.app.screens.new_run', 'yaml', "
+        "'engine.torchfree.preset', 'engine.torchfree.ladder', 'cockpit.launch', 'psutil') "
+        "if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -497,5 +500,29 @@ def test_a_plot_whose_axes_stand_still_copies_its_frame_and_keeps_its_unchanged_
             await pilot.pause()
             assert plot.builds == 3 and plot.frames == 2
             assert [(s.text, list(s)) for s in plot._strips] == copied
+
+    asyncio.run(go())
+
+
+def test_the_collector_is_back_on_once_the_first_frame_is_out(tmp_path):
+    """run_app starts the app with the garbage collector off (the start allocates nothing
+    that dies); the app turns it on again, with the start's objects frozen, after the first
+    frame — a collector left off would let a long watch grow without bound."""
+    import asyncio
+    import gc
+
+    from cockpit.app.main import CockpitApp
+
+    async def go():
+        app = CockpitApp(tmp_path)
+        app.resume_gc = True
+        gc.disable()
+        try:
+            async with app.run_test(size=(100, 30)) as pilot:
+                await wait_until(pilot, gc.isenabled, what="the collector")
+                assert not app.resume_gc and gc.get_freeze_count() > 0
+        finally:
+            gc.unfreeze()
+            gc.enable()
 
     asyncio.run(go())

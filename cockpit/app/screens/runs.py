@@ -21,6 +21,7 @@ from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.plot import Cadence, redraw_interval
 from cockpit.app.widgets.preview import RunPreview
 from cockpit.app.widgets.runs_table import SORTS, RunsTable, queue_places, run_cells, sort_runs
+from cockpit.app.widgets.too_small import TooSmall
 
 PREVIEW_FROM = 124
 """Terminal width from which the highlighted run's curves show beside the GPU panel."""
@@ -61,6 +62,9 @@ class RunsScreen(CockpitScreen):
         self._stale = False
         self._preview_id: str | None = None
         self._preview_timer: Timer | None = None
+        self._panels = False
+        """The GPU panel, the preview and the footer are mounted once the first frame (the
+        bar, the table, the details) is out; until then nothing draws into them."""
         self._news: set[str] = set()
         """What arrived since the screen last showed it: "runs", "devices", "history"."""
         self.cadence = Cadence(self, self._show_news, lambda: redraw_interval(self.app))
@@ -68,19 +72,33 @@ class RunsScreen(CockpitScreen):
         most every 0.75 s: one repaint per update instead of one per message."""
 
     def compose_body(self) -> ComposeResult:
-        settings = self.cockpit.settings
         yield LiveText(id="bar")
         yield RunsTable(id="runs")
         yield RunDetails(id="details")
-        with Horizontal(id="bottom"):
-            yield RunPreview(settings, id="preview")
-            yield DevicePanel(settings, self.cockpit.clock, id="devices")
+        yield Horizontal(id="bottom")  # its panels come with the second frame (_mount_panels)
         yield Input(
             placeholder="filter: words in the id, preset, status, stage, group or overrides",
             id="filter",
             compact=True,
         )
-        yield Footer(compact=True)
+
+    async def _mount_panels(self) -> None:
+        """The GPU panel, the preview and the footer: a dozen widgets whose styling and
+        layout were a third of the first frame's work, mounted in the frame after it (their
+        place is kept: the layout does not move when they arrive)."""
+        app = self.cockpit
+        settings = app.settings
+        await self.query_one("#bottom", Horizontal).mount(
+            RunPreview(settings, id="preview"), DevicePanel(settings, app.clock, id="devices")
+        )
+        await self.mount(Footer(compact=True), before=self.query_one(TooSmall))
+        self.refresh_bindings()  # a footer mounted late has missed the first announcement
+        self._panels = True
+        panel = self.query_one(DevicePanel)
+        panel.show_runs(app.runs)
+        panel.show_samples(app.samples, app.device_note)
+        if self.size.width >= PREVIEW_FROM and self._preview_id is None:
+            self._load_preview()
 
     @property
     def table(self) -> RunsTable:
@@ -94,12 +112,14 @@ class RunsScreen(CockpitScreen):
         app.devices_changed.subscribe(self, self.devices_changed, immediate=True)
         app.history_changed.subscribe(self, self.history_changed, immediate=True)
         self.show_runs()
-        self.query_one(DevicePanel).show_samples(app.samples, app.device_note)
         self.table.focus()
+        self.call_after_refresh(self._mount_panels)
 
     def on_screen_resume(self) -> None:
         if self._stale:
             self.show_runs()
+            if not self._panels:
+                return
             self.query_one(DevicePanel).show_samples(self.cockpit.samples, self.cockpit.device_note)
             if self._preview_id is not None:
                 self.query_one(RunPreview).history_changed()
@@ -137,6 +157,10 @@ class RunsScreen(CockpitScreen):
             self._stale = self._stale or bool(news)
             return
         app = self.cockpit
+        if not self._panels:
+            if "runs" in news:
+                self.show_runs()
+            return  # the panels show the newest state when they are mounted
         panel = self.query_one(DevicePanel)
         if "runs" in news:
             self.show_runs()
@@ -148,6 +172,8 @@ class RunsScreen(CockpitScreen):
             panel.plot.request_redraw(throttled=False)  # a look in this pass, not one of its own
 
     def apply_settings(self, settings: ViewSettings) -> None:
+        if not self._panels:
+            return  # they are made with the newest settings
         self.query_one(RunPreview).apply_settings(settings)
         self.query_one(DevicePanel).apply_settings(settings)
 
@@ -181,7 +207,8 @@ class RunsScreen(CockpitScreen):
         self.table.show(rows, self.size.width, (self.sort, self.reverse))
         self._show_bar(runs, len(shown))
         self._show_details()
-        self.query_one(DevicePanel).show_runs(runs)
+        if self._panels:
+            self.query_one(DevicePanel).show_runs(runs)
 
     def _show_bar(self, runs: tuple[RunState, ...], shown: int) -> None:
         app = self.cockpit
@@ -221,7 +248,7 @@ class RunsScreen(CockpitScreen):
 
     def _load_preview(self) -> None:
         self._preview_timer = None
-        if self.size.width < PREVIEW_FROM:
+        if self.size.width < PREVIEW_FROM or not self._panels:
             return
         run_id = self.selected_run_id()
         if run_id == self._preview_id:
@@ -258,6 +285,8 @@ class RunsScreen(CockpitScreen):
         self.show_runs()
 
     def action_gpu_view(self) -> None:
+        if not self._panels:
+            return
         view = self.query_one(DevicePanel).cycle_view()
         self.notify(f"GPU panel shows {view}", timeout=2)
 

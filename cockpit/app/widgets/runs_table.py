@@ -17,8 +17,8 @@ from rich.text import Text
 
 from cockpit.app import formatting as fmt
 from cockpit.app.messages import RunState
+from cockpit.app.verdict import is_data_bound
 from cockpit.app.widgets.vim_table import VimTable
-from engine.torchfree.ladder import is_data_bound
 from engine.torchfree.tasks import HIGHER_IS_BETTER
 
 _JOIN = Text("\n")
