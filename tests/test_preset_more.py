@@ -844,7 +844,8 @@ def test_loads_refuses_text_longer_than_a_preset(tmp_path):
 
 def test_lines_are_recorded_for_keys_and_list_items(tmp_path):
     p = presets.loads(
-        BASE + "stages:\n  - init\n  - speed\nloss:\n  inner:\n    x: 1\n", tmp_path / "p.yaml"
+        BASE + "stages:\n  - init\n  - speed\nloss:\n  inner:\n    x: 1\nablations:\n  - seed: 1\n",
+        tmp_path / "p.yaml",
     )
     assert p.lines == {
         "model": 1,
@@ -858,6 +859,9 @@ def test_lines_are_recorded_for_keys_and_list_items(tmp_path):
         "loss": 6,
         "loss.inner": 7,
         "loss.inner.x": 8,
+        "ablations": 9,
+        "ablations[0]": 10,
+        "ablations[0].seed": 10,
     }
 
 
@@ -870,8 +874,21 @@ def test_a_missing_file_suggests_a_near_name_or_lists_the_presets(tmp_path):
         presets.load(tmp_path / "quikstart.yaml")
     assert str(e.value) == (
         f"{tmp_path / 'quikstart.yaml'}: no such preset file — did you mean "
-        f"{tmp_path / 'quickstart.yaml'}?."
+        f"{tmp_path / 'quickstart.yaml'}?"
     )
+    write(tmp_path, BASE, "wxyz.yaml")  # alike only in '.yaml': not a suggestion
+    with pytest.raises(PresetError) as e:
+        presets.load(tmp_path / "abcd.yaml")
+    assert str(e.value) == (
+        f"{tmp_path / 'abcd.yaml'}: no such preset file; presets in {tmp_path}: "
+        "quickstart.yaml, wxyz.yaml."
+    )
+    with pytest.raises(PresetError) as e:
+        presets.load(tmp_path / "wxyz.yml")  # the other extension
+    assert str(e.value) == (
+        f"{tmp_path / 'wxyz.yml'}: no such preset file — did you mean {tmp_path / 'wxyz.yaml'}?"
+    )
+    os.remove(tmp_path / "wxyz.yaml")
     for name in ("b.yaml", "a.yml", "c.yaml", "d.yaml", "e.yaml", "f.yaml", "g.yaml"):
         write(tmp_path, BASE, name)
     with pytest.raises(PresetError) as e:
@@ -899,7 +916,7 @@ def test_a_missing_file_in_the_current_folder_looks_there(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(PresetError) as e:
         presets.load("quickstar.yaml")
-    assert str(e.value) == "quickstar.yaml: no such preset file — did you mean quickstart.yaml?."
+    assert str(e.value) == "quickstar.yaml: no such preset file — did you mean quickstart.yaml?"
 
 
 def test_a_path_that_cannot_be_opened_says_why(tmp_path):
@@ -910,6 +927,18 @@ def test_a_path_that_cannot_be_opened_says_why(tmp_path):
     with pytest.raises(PresetError) as e:
         presets.load(tmp_path / "f" / "p.yaml")
     assert str(e.value) == f"{tmp_path / 'f' / 'p.yaml'}: cannot read the preset (Not a directory)."
+
+
+def test_a_read_error_says_why(tmp_path, monkeypatch):
+    p = write(tmp_path, BASE)
+
+    def failing_read(fd, n):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(presets.os, "read", failing_read)
+    with pytest.raises(PresetError) as e:
+        presets.load(p)
+    assert str(e.value) == f"{p}: cannot read the preset (Input/output error)."
 
 
 def test_a_folder_or_a_fifo_is_not_a_preset(tmp_path):
@@ -999,6 +1028,7 @@ def test_an_override_is_split_at_the_first_equals_sign():
     assert parse_override(" optimizer.lr =3e-4") == ("optimizer.lr", 3e-4)
     assert parse_override("name=a=b") == ("name", "a=b")
     assert parse_override("_x.y_1=[1, 2]") == ("_x.y_1", [1, 2])
+    assert parse_override("Zed.a=1") == ("Zed.a", 1)
 
 
 def test_an_override_longer_than_a_preset_is_refused():
@@ -1118,6 +1148,10 @@ def test_the_resolved_preset_is_written_in_the_files_order(tmp_path):
     )
     again = presets.loads(p.to_yaml(), tmp_path / "preset.yaml")
     assert again.data == p.data
+    stages = ", ".join(["overfit_one"] * 7)  # a 98-character line: kept whole (up to 100)
+    assert load(tmp_path, f"stages: [{stages}]\n").to_yaml().splitlines()[2] == (
+        f"stages: [{stages}]"
+    )
 
 
 def test_an_override_of_a_default_optimizer_keeps_the_default(tmp_path):

@@ -156,7 +156,7 @@ def _kind(value: Any) -> str:
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(word, list(options))  # the best first; cutoff 0.6
     return f" — did you mean '{match[0]}'?" if match else ""
 
 
@@ -475,7 +475,7 @@ def read_preset_text(path: Path) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting
     except FileNotFoundError:
         hint = _near_files(path)
-        raise PresetError(f"{path}: no such preset file{hint}.") from None
+        raise PresetError(f"{path}: no such preset file{hint}") from None
     except (OSError, ValueError) as e:
         why = e.strerror if isinstance(e, OSError) else str(e)
         raise PresetError(f"{path}: cannot read the preset ({why}).") from None
@@ -518,14 +518,14 @@ def read_preset_text(path: Path) -> str:
 def _near_files(path: Path) -> str:
     folder = path.parent  # Path("p.yaml").parent is Path(".")
     if not folder.is_dir():
-        return f" (the folder {folder} does not exist either)"
-    names = [p.name for p in folder.glob("*.y*ml")]
-    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.5)
-    if match:
-        return f" — did you mean {folder / match[0]}?"
-    if names:
-        return f"; presets in {folder}: {', '.join(sorted(names)[:6])}"
-    return ""
+        return f" (the folder {folder} does not exist either)."
+    by_stem = {p.stem: p.name for p in sorted(folder.glob("*.y*ml"))}
+    match = difflib.get_close_matches(path.stem, list(by_stem))  # difflib's cutoff: 0.6
+    if match:  # the stems are compared: '.yaml' itself makes every two names look alike
+        return f" — did you mean {folder / by_stem[match[0]]}?"
+    if by_stem:
+        return f"; presets in {folder}: {', '.join(sorted(by_stem.values())[:6])}."
+    return "."
 
 
 def loads(text: str, path: Path) -> Preset:
@@ -755,7 +755,7 @@ def _check_target(preset: Preset, key: str, value: Any) -> None:
         hint = _suggest("_target_", [str(k) for k in value])
         raise preset.error(
             key,
-            f"{key} has no _target_{hint if hint else ''}; add the dotted path of what builds it, "
+            f"{key} has no _target_{hint}; add the dotted path of what builds it, "
             f"e.g. _target_: mytask.{'Model' if key == 'model' else 'thing'}.",
         )
     if not isinstance(target, str) or not re.match(r"^[A-Za-z_][\w]*([.:][A-Za-z_]\w*)+$", target):
