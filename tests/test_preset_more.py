@@ -823,6 +823,26 @@ def test_a_preset_nested_beyond_recursion_is_refused_in_one_sentence(tmp_path):
     assert str(e.value) == f"{p}: nested too deeply to read as a preset."
 
 
+def test_a_bad_value_is_named_at_its_own_line_not_its_mappings(tmp_path):
+    p = write(tmp_path, BASE + "loss: {\n  <<: 3}\n")
+    with pytest.raises(PresetError) as e:
+        presets.load(p)
+    assert str(e.value) == (
+        f"{p}, line 4: expected a mapping or list of mappings for merging, but found scalar."
+    )
+    p = write(tmp_path, BASE + "ablations:\n  - {seed: 1, seed: 2}\n")
+    with pytest.raises(PresetError) as e:
+        presets.load(p)
+    assert str(e.value) == f"{p}, line 4: 'ablations[0].seed' is given twice; keep one."
+
+
+def test_a_key_near_target_is_suggested(tmp_path):
+    assert error(tmp_path, "loss: {_targ: a.b}\n") == (
+        "P, line 3: loss has no _target_ — did you mean '_targ'?; add the dotted path of what "
+        "builds it, e.g. _target_: mytask.thing."
+    )
+
+
 def test_a_control_character_is_a_syntax_error_without_a_line(tmp_path):
     p = write(tmp_path, BASE + "name: a\x01b\n")
     with pytest.raises(PresetError) as e:
