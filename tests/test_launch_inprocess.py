@@ -48,8 +48,8 @@ import os, signal, subprocess, sys, time
 mode, out = sys.argv[1], sys.argv[2]
 
 def on_term(*_):
-    if mode == "finish-step":  # the engine finishes its step, writes killed, exits
-        time.sleep(0.3)
+    if mode in ("finish-step", "slow-step"):  # the engine finishes its step, writes killed
+        time.sleep(0.3 if mode == "finish-step" else 2.0)
         with open(out, "w") as f:
             f.write("finished")
         sys.exit(0)
@@ -70,7 +70,7 @@ def on_term(*_):
 
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-elif mode in ("finish-step", "late-worker") or mode.startswith("wait-for:"):
+elif mode in ("finish-step", "slow-step", "late-worker") or mode.startswith("wait-for:"):
     signal.signal(signal.SIGTERM, on_term)
 if mode == "orphan":  # a process left in the engine's group whose parent is gone
     subprocess.run(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $! > " + out])
@@ -155,14 +155,6 @@ def a_run(workspace: Path, name: str = "run", status: str = "running", **summary
     folder.path.mkdir()
     folder.write_summary({"run_id": name, "status": status, **summary})
     return folder
-
-
-def stranger() -> psutil.Process:
-    """A process that is not ours and not our child: started by a shell that exits at once."""
-    out = subprocess.run(
-        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True
-    )
-    return psutil.Process(int(out.stdout))
 
 
 def gone(p: psutil.Process) -> bool:
@@ -323,6 +315,7 @@ echo "argv: $*"
 echo "PYTHONPATH=$PYTHONPATH"
 echo "PYTHONUNBUFFERED=$PYTHONUNBUFFERED"
 echo "to stderr" >&2
+if [ -e "/proc/$$/fd/$OPEN_IN_THE_APP" ]; then echo "holds the app's file"; fi
 if read line; then echo "stdin: $line"; else echo "stdin: closed"; fi
 exec sleep 60
 """
@@ -375,11 +368,18 @@ def test_the_engine_starts_detached_logging_to_the_run_with_its_pid_recorded(
     else:
         monkeypatch.setenv("PYTHONPATH", pythonpath)
     folder = launch.create_run(workspace, presets.load(BLOBS))
+    # a file the app holds open, inheritable (a C library's, say): the engine must not hold it
+    held = os.open(folder.file("run.json"), os.O_RDONLY)
+    os.set_inheritable(held, True)
+    monkeypatch.setenv("OPEN_IN_THE_APP", str(held))
     earlier = "" if pythonpath is None else "an earlier line\n"  # a fork's, a restart's
     if earlier:
         folder.file("engine.log").write_text(earlier)
-    with typed_stdin("a line typed into the terminal\n"):
-        proc = launch.start_engine(folder)
+    try:
+        with typed_stdin("a line typed into the terminal\n"):
+            proc = launch.start_engine(folder)
+    finally:
+        os.close(held)
     fake_python.append(proc)
     log = _log(folder)
     assert log.startswith(earlier + "argv: ")  # appended to, never truncated
@@ -389,6 +389,7 @@ def test_the_engine_starts_detached_logging_to_the_run_with_its_pid_recorded(
     assert f"PYTHONPATH={want}\n" in log  # the engine imports this cockpit's engine package
     assert "PYTHONUNBUFFERED=1\n" in log and "to stderr\n" in log  # both streams, unbuffered
     assert "stdin: closed\n" in log  # never reads the terminal
+    assert "holds the app's file" not in log
     if not earlier:  # a new log is as private as its run
         assert (folder.file("engine.log").stat().st_mode & 0o777) == 0o600
     # a session of its own: it outlives the terminal and the app
@@ -480,8 +481,9 @@ def test_no_engine_without_a_usable_record(workspace, others):
     assert launch.engine_process(folder) is None
 
 
-def test_a_forged_record_never_names_init_this_process_or_its_parent(workspace):
+def test_a_forged_record_never_names_init_this_process_or_its_parent(workspace, engines):
     folder = a_run(workspace)
+    rank = engines(folder, record=False)
     for pid in (os.getpid(), os.getppid(), os.getpgrp(), 1):
         try:  # the shell that leads our process group may be gone
             created = psutil.Process(pid).create_time()
@@ -490,7 +492,8 @@ def test_a_forged_record_never_names_init_this_process_or_its_parent(workspace):
         write_json_atomic(folder.file("proc.json"), {"pid": pid, "create_time": created})
         assert launch.engine_process(folder) is None, pid
         JsonlAppender(folder.file("workers.jsonl")).append({"pid": pid, "create_time": created})
-    assert launch.recorded_processes(folder) == []
+    JsonlAppender(folder.file("workers.jsonl")).append(rank.record(role="rank 0"))
+    assert [q.pid for q in launch.recorded_processes(folder)] == [rank.proc.pid]  # only it
     assert launch._may_signal(2)  # any other pid, once its start time matched
     assert not launch._may_signal(1) and not launch._may_signal(0)
 
@@ -752,6 +755,13 @@ def test_stop_many_stops_runs_side_by_side_and_says_which_ran(workspace, engines
     assert all(0 <= seconds <= took for _, seconds in out)
     assert a.summary()["status"] == b.summary()["status"] == "killed"
     assert ended.summary()["status"] == "passed"
+
+
+def test_stop_many_gives_each_run_the_grace_asked_for(workspace, engines):
+    folder = a_run(workspace)
+    e = engines(folder, "slow-step")  # its step takes 2 s to finish
+    [(ran, _)] = launch.stop_many([folder], grace=0.3)
+    assert ran and e.popen.wait(timeout=10) == -signal.SIGKILL and e.written() == ""
 
 
 def test_stop_many_of_nothing(workspace):

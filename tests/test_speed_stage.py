@@ -127,21 +127,23 @@ class Script:
         self.compiled = False
         self.loaders: list[TimedLoader] = []
         self.val_drawn = 0
-        real_loader, real_val = ctx.train_loader, ctx.val_batches
+        real_loader = ctx.train_loader
         c = self.costs
+        # real batches, from this process (the preset's num_workers is only read for advice)
 
         def train_loader():
-            loader = TimedLoader(clock, real_loader(), c["start"], c["data"])
+            loader = TimedLoader(clock, real_loader(workers=False), c["start"], c["data"])
             self.loaders.append(loader)
             return loader
 
         def val_batches():
             def gen():
                 clock.advance(c["val_start"])
-                for batch in real_val():
-                    self.val_drawn += 1
-                    yield batch
-                    clock.advance(c["val"])
+                while True:
+                    for batch in real_loader(workers=False):
+                        self.val_drawn += 1
+                        yield batch
+                        clock.advance(c["val"])
 
             return gen()
 
@@ -332,6 +334,15 @@ def test_a_data_bound_loop_warns_naming_the_knobs(scripted):
         f"data alone {secs(0.004)}, compute alone {secs(0.02)} per batch"
     )
     assert v.reason == f"{wait.detail} · {summary}"  # a warning carries the numbers too
+
+
+def test_workers_restarting_every_epoch_are_told_what_their_start_costs(scripted):
+    sc = scripted(num_workers=2, persistent_workers=False)
+    sc.rows = [(0.0, 0.5)] + [(0.03, 0.04)] * 4
+    detail = by_name(sc.run(compare_precision=False), "data_wait").detail
+    # the first batch of a fresh loader: its workers' start-up and one batch
+    tip = f"set persistent_workers: true (workers restart every epoch, {secs(0.504)} each time)"
+    assert tip in detail and f"raise num_workers (now 2 of {CORES} cores)" in detail
 
 
 @pytest.mark.parametrize(
@@ -584,6 +595,7 @@ def test_workers_restarting_every_epoch_are_advised_with_their_start_up_time(mon
     tip = f"set persistent_workers: true (workers restart every epoch, {secs(2.5)} each time)"
     tips = _advice(monkeypatch, num_workers=CORES, persistent_workers=False)
     assert tips == [tip, "raise prefetch_factor (now 2)", CHEAPER]
+    assert tip in _advice(monkeypatch, num_workers=1, persistent_workers=False)
     assert tip not in _advice(monkeypatch, num_workers=CORES, persistent_workers="auto")
     assert tip not in _advice(monkeypatch, num_workers=CORES, persistent_workers=True)
     assert tip not in _advice(monkeypatch, num_workers=0, persistent_workers=False)
@@ -606,14 +618,19 @@ def test_compute_is_timed_after_two_warm_up_replays(clock):
 
 def test_gpu_work_is_waited_for_before_the_clock_is_read(clock, monkeypatch):
     events = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    gpu = torch.device("cuda:1")  # the run's GPU, not the current one
+    monkeypatch.setattr(
+        torch.cuda,
+        "synchronize",
+        lambda device=None: events.append("sync" if device == gpu else device),
+    )
 
     def step(batch):
         events.append("step")
         clock.advance(0.1)
 
     s = SimpleNamespace(batches=2, seconds=100.0)
-    speed._time_compute(step, None, s, torch.device("cuda"))
+    speed._time_compute(step, None, s, gpu)
     assert events == ["step", "step", "sync", "step", "step", "sync"]
     events.clear()
     speed._time_compute(step, None, s, torch.device("cpu"))
@@ -692,3 +709,8 @@ def test_batch_time_at_the_lines_themselves(monkeypatch):
     assert check_time(2.5, 1.0, 0.5, math.nextafter(0.5, 0.0)).status == "warn"
     busy = check_time(2.0, 0.2249, crowded)
     assert busy.status == "warn" and "the loop got 22% of a core" in busy.detail
+    # crowded: a load above 3 per core, and the loop under a quarter of a core
+    assert check_time(2.0, 0.1, 3.0 * CORES).status == "fail"
+    assert check_time(2.0, 0.1, math.nextafter(3.0 * CORES, 99.0)).status == "warn"
+    assert check_time(2.0, 0.25, crowded).status == "fail"
+    assert check_time(2.0, math.nextafter(0.25, 0.0), crowded).status == "warn"
