@@ -12,7 +12,9 @@ compared on the same machine under the same load. Each figure is the median of
               decimated; page cache warm), opening it again while the app holds it, and the
               peak memory of opening the 10M-step run — each in a fresh process.
 3. start    — `cockpit` in a pseudo-terminal until its first frame: on an empty workspace and
-              on one of 500 finished runs (there also: the first rows, and the whole list).
+              on one of 500 finished runs (there also: the first rows, and the whole list);
+              with each, the CPU time the process had used by its first frame (on a
+              crowded machine the wall time is mostly waiting for a core; the CPU is not).
 4. CPU      — `cockpit` idle on an empty workspace (baseline); the runs list with 8 fake live
               runs (20 steps/s each, telemetry 1 Hz, evals); one of them open on its curves
               (a fresh run, and one with 50,000 steps of history); nobody typing, measured

@@ -35,6 +35,9 @@ FIRST_BATCH = 40
 """Runs read before the first partial list is posted (the top rows, at once)."""
 NEXT_BATCH = 1000
 """Runs read between later partial lists (each costs the UI a pass over every row)."""
+OFFSCREEN_SCANS = 5
+"""While a view shows some runs only (a run view: one), the others are read every fifth scan:
+their rows are hidden, and the list gets a full scan at once when it is shown again."""
 _STAMP = re.compile(r"(\d{8}-\d{6})")
 
 
@@ -185,6 +188,10 @@ class WorkspaceWatcher:
         self._tick = 0
         self._post_next_scan = True  # the first scan always reports, even an empty workspace
         self._warmed = False
+        self.focus: frozenset[str] | None = None
+        """The runs on screen when a view shows only some (None: all of them are)."""
+        self._scans = 0
+        self._scan_all = True
 
     # ---- called from the UI thread -------------------------------------------------
     def watch(self, history: RunHistory) -> None:
@@ -203,7 +210,14 @@ class WorkspaceWatcher:
         """Look at the workspace now rather than at the next tick (after a launch or a kill)."""
         self._tick = 0
         self._post_next_scan = True
+        self._scan_all = True
         self._wake.set()
+
+    def set_focus(self, run_ids: frozenset[str] | None) -> None:
+        """The runs a view shows (None: every run is on screen again, read them now)."""
+        self.focus = run_ids
+        if run_ids is None:
+            self.rescan()
 
     def wake(self) -> None:
         """Poll the histories now (a new smoothing to apply)."""
@@ -257,8 +271,14 @@ class WorkspaceWatcher:
                 RunFolder(elsewhere.get(name) or self.workspace / name)
             )
         fresh = set(new)
+        focus = self.focus
+        every = focus is None or self._scan_all or self._scans % OFFSCREEN_SCANS == 0
+        self._scans += 1
+        self._scan_all = False
         read, batch = 0, FIRST_BATCH
         for name, tracker in list(self.trackers.items()):
+            if not every and name not in focus and name not in fresh:  # type: ignore[operator]
+                continue  # off screen: read at every fifth scan
             changed |= tracker.poll(now)
             if name in fresh:
                 read += 1

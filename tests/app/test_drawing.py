@@ -254,6 +254,34 @@ def test_a_large_workspace_is_posted_in_growing_batches_oldest_first(workspace):
     assert posted == []  # nothing changed: nothing posted
 
 
+def test_while_a_view_shows_one_run_the_others_are_read_every_fifth_scan(workspace, monkeypatch):
+    from cockpit.app.watcher import OFFSCREEN_SCANS, RunTracker
+
+    ids = [f"sweep-20300101-0000{i:02d}-{i:04x}" for i in range(4)]
+    for run_id in ids:
+        write_run(workspace, RunSpec(run_id))
+    watcher = WorkspaceWatcher(workspace, lambda m: None)
+    watcher.scan()  # everything is read the first time
+    polled: list[str] = []
+    real = RunTracker.poll
+
+    def poll(self, now):
+        polled.append(self.folder.run_id)
+        return real(self, now)
+
+    monkeypatch.setattr(RunTracker, "poll", poll)
+    watcher.set_focus(frozenset([ids[0]]))
+    for _ in range(2 * OFFSCREEN_SCANS):
+        watcher.scan()
+    assert polled.count(ids[0]) == 2 * OFFSCREEN_SCANS  # the run on screen: every scan
+    assert all(polled.count(other) == 2 for other in ids[1:])  # the others: every fifth
+    polled.clear()
+    watcher.set_focus(None)  # back to the list: every run, at once and at every scan
+    watcher.scan()
+    watcher.scan()
+    assert sorted(polled) == sorted(ids * 2)
+
+
 # ---- the runs table renders only the cells that changed -----------------------------------
 
 

@@ -89,9 +89,18 @@ class RunScreen(CockpitScreen):
             self.query_one(CurvesView).show_history(history)
         self.query_one(PresetView).show(self.folder)
         self.show_run(app.runs)
+        app.watcher.set_focus(frozenset([self.run_id]))
 
     def on_unmount(self) -> None:
         self.cockpit.release_history(self.run_id, self)
+        self.cockpit.watcher.set_focus(None)
+
+    # the other runs are off screen while this one is shown: the watcher reads them less often
+    def on_screen_resume(self) -> None:
+        self.cockpit.watcher.set_focus(frozenset([self.run_id]))
+
+    def on_screen_suspend(self) -> None:
+        self.cockpit.watcher.set_focus(None)
 
     def runs_changed(self, runs: tuple[RunState, ...]) -> None:
         self._news.add("runs")
