@@ -320,10 +320,10 @@ class Terminal:
             now = time.perf_counter() - self.started
             text = ANSI.sub(b"", self._seen + chunk)
             if self.first_frame is None and b"cockpit" in text:  # the title bar
-                self.first_frame = now
                 # CPU seconds the process had used by then: what the start costs, whatever
                 # the load (on a crowded machine the wall time is mostly waiting for a core)
                 self.first_frame_cpu = self.cpu_seconds()
+                self.first_frame = now  # last: wait() returns as soon as this is set
             if self.rows_marker and self.first_rows is None and self.rows_marker in text:
                 self.first_rows = now
             if self.done_marker and self.done is None:

@@ -35,6 +35,10 @@ FIRST_BATCH = 40
 """Runs read before the first partial list is posted (the top rows, at once)."""
 NEXT_BATCH = 1000
 """Runs read between later partial lists (each costs the UI a pass over every row)."""
+HISTORY_POLLS_PER_SCAN = 4
+"""The watched histories are polled four times per scan (every 0.25 s; a poll with nothing new
+is a ``stat`` of three files): with the views' cadence (0.75 s) a new point is on screen
+within a second. With no history to poll the thread sleeps from scan to scan."""
 OFFSCREEN_SCANS = 5
 """While a view shows some runs only (a run view: one), the others are read every fifth scan:
 their rows are hidden, and the list gets a full scan at once when it is shown again."""
@@ -178,7 +182,7 @@ class WorkspaceWatcher:
         self.clock = clock
         self.interval = interval
         """Seconds between scans of the runs are twice this; the watched histories are polled
-        four times per scan (every ``interval / 2``): with the plots' 0.75 s throttle a new
+        four times per scan (every ``interval / 2``): with the views' 0.75 s cadence a new
         point is on screen within a second."""
         self.trackers: dict[str, RunTracker] = {}
         self._histories: dict[str, RunHistory] = {}
@@ -229,8 +233,9 @@ class WorkspaceWatcher:
 
     # ---- the thread ----------------------------------------------------------------
     def run(self) -> None:
+        polls = HISTORY_POLLS_PER_SCAN
         while not self._stop.is_set():
-            if self._tick % 4 == 0:
+            if self._tick % polls == 0:
                 self.scan()
                 if not self._warmed:
                     self._warmed = True
@@ -243,7 +248,13 @@ class WorkspaceWatcher:
                     return
                 if history.poll():
                     self.post(HistoryUpdated(history.run_id))
-            self._wake.wait(self.interval / 2)
+            tick = self.interval * 2 / polls
+            if histories:
+                self._wake.wait(tick)
+            else:  # no history to poll between scans: sleep until the next scan
+                left = -self._tick % polls
+                self._wake.wait(tick * left)
+                self._tick += left
             self._wake.clear()
 
     def scan(self) -> None:

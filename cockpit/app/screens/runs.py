@@ -62,6 +62,8 @@ class RunsScreen(CockpitScreen):
         self._stale = False
         self._preview_id: str | None = None
         self._preview_timer: Timer | None = None
+        self._shape: tuple = ()
+        """(runs, loading) as last shown: a change of either is shown without waiting."""
         self._panels = False
         """The GPU panel, the preview and the footer are mounted once the first frame (the
         bar, the table, the details) is out; until then nothing draws into them."""
@@ -133,7 +135,12 @@ class RunsScreen(CockpitScreen):
             self._stale = True  # a hidden table is not worth updating; catch up on resume
             return
         self._news.add("runs")
-        self.cadence.request()
+        shape = (len(runs), self.cockpit.loading)
+        if shape != self._shape:  # runs came or went, a large workspace read further: now
+            self._shape = shape
+            self.cadence.now()
+        else:  # numbers moved: with the next pass
+            self.cadence.request()
 
     def devices_changed(self, sample: tuple[tuple[DeviceSample, ...], str | None]) -> None:
         if not self.on_top:

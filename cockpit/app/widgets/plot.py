@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from textual_plotext.plot import Plot
 
 MIN_REDRAW_S = 0.75
-"""At most one data-driven rebuild per 0.75 s per plot: with histories polled every 0.25 s
-(watcher.py), a new point is drawn within a second of reaching the disk."""
+"""At most one data-driven rebuild per 0.75 s per plot (and one repaint per 0.75 s per view,
+``Cadence``): with histories polled every 0.25 s (watcher.py), a new point is drawn within a
+second of reaching the disk."""
 UNFOCUSED_REDRAW_S = 2.0
 """The throttle while the terminal reports that it lost focus (another window in front)."""
 VERTICAL_PIXELS = {"braille": 4, "hd": 2, "dot": 1}
