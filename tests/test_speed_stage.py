@@ -714,3 +714,21 @@ def test_batch_time_at_the_lines_themselves(monkeypatch):
     assert check_time(2.0, 0.1, math.nextafter(3.0 * CORES, 99.0)).status == "warn"
     assert check_time(2.0, 0.25, crowded).status == "fail"
     assert check_time(2.0, math.nextafter(0.25, 0.0), crowded).status == "warn"
+
+
+def test_the_unexplained_loop_lines(monkeypatch):
+    """Parts under half the limit and a loop over 4× their sum: both lines, exactly."""
+    monkeypatch.setattr(speed, "cpu_count", lambda: CORES)
+    check_time = SpeedStage(SpeedSettings()).check_batch_time
+    assert check_time(1.0, 1.0, 0.5, 0.01).status == "pass"  # at the limit: nothing to explain
+    assert check_time(1.5, 1.0, 0.5, 0.375).status == "fail"  # exactly 4× its parts
+    assert check_time(math.nextafter(1.5, 2.0), 1.0, 0.5, 0.375).status == "warn"
+    # the lines move with the limit: half of a 2 s limit is 1 s
+    two = SpeedStage(SpeedSettings(max_batch_s=2.0)).check_batch_time
+    assert two(5.0, 1.0, 0.5, 0.9).status == "warn"
+    assert two(5.0, 1.0, 0.5, 1.1).status == "fail"
+
+
+def test_the_data_wait_share_is_said_in_percent():
+    got = SpeedStage(SpeedSettings()).check_data_wait(None, 0.285, 0.01, 0.02, 0.5)
+    assert (got.status, got.detail) == ("pass", "the loop waits on data 28% of the time")
