@@ -38,7 +38,7 @@ NEXT_BATCH = 1000
 HISTORY_POLLS_PER_SCAN = 4
 """The watched histories are polled four times per scan (every 0.25 s; a poll with nothing new
 is a ``stat`` of three files): with the views' cadence (0.75 s) a new point is on screen
-within a second. With no history to poll the thread sleeps from scan to scan."""
+within a second."""
 OFFSCREEN_SCANS = 5
 """While a view shows some runs only (a run view: one), the others are read every fifth scan:
 their rows are hidden, and the list gets a full scan at once when it is shown again."""
@@ -248,13 +248,7 @@ class WorkspaceWatcher:
                     return
                 if history.poll():
                     self.post(HistoryUpdated(history.run_id))
-            tick = self.interval * 2 / polls
-            if histories:
-                self._wake.wait(tick)
-            else:  # no history to poll between scans: sleep until the next scan
-                left = -self._tick % polls
-                self._wake.wait(tick * left)
-                self._tick += left
+            self._wake.wait(self.interval * 2 / polls)
             self._wake.clear()
 
     def scan(self) -> None:
