@@ -2,7 +2,7 @@
 # Mutation score of the modules whose logic users trust: the stages' verdict helpers, the
 # preset validator, the run-folder writer and reader, slots, kill and pruning.
 #
-#   benchmarks/mutation.sh                 every module, every mutant (~25 min on 2 cores)
+#   benchmarks/mutation.sh                 every module, every mutant (~20 min on 2 cores)
 #   benchmarks/mutation.sh --quick         a deterministic third of each module's mutants
 #   benchmarks/mutation.sh pruning slots   some modules (names: see benchmarks/mutation.py)
 #   benchmarks/mutation.sh --worktree      the working tree instead of HEAD
