@@ -179,6 +179,9 @@ class Runner:
         resume = slurm.resume_plan(self.folder, self.request, names, steps)
         if resume is not None:  # requeued by Slurm: on from our own latest checkpoint
             from engine.torchfree.preset import apply_overrides
+            from engine.torchfree.requeue import log_cut
+
+            log_cut(self.folder, resume["step"])  # its steps are logged once, by this attempt
 
             preset = apply_overrides(preset, {"train.steps": resume["steps"]})
             self.save(resumed_from=resume["step"])

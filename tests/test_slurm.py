@@ -321,8 +321,7 @@ def test_a_requeued_train_run_resumes_from_its_own_checkpoint_for_the_steps_left
     ckpt = {"path": "/ws/r/checkpoints/step_40.pt", "step": 40, "stage": "train"}
     req = {"launcher": "slurm"}
     plan = slurm.resume_plan(_Ckpt(ckpt), req, ["train"], 100, JOB_ENV)
-    assert plan == {"path": ckpt["path"], "step": 40, "steps": 60, "cut": plan["cut"]}
-    assert not any(plan["cut"].values())  # no logs here to cut
+    assert plan == {"path": ckpt["path"], "step": 40, "steps": 60}
     warm = {**req, "warm_from": "/ws/p/checkpoints/step_20.pt", "fork_step": 20}
     assert slurm.resume_plan(_Ckpt(ckpt), warm, ["train"], 100, JOB_ENV)["steps"] == 80
     first = {"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "0"}
@@ -344,11 +343,11 @@ def _steps_file(path: Path, steps: list[int]) -> None:
 
 def test_a_requeued_run_cuts_what_its_first_attempt_logged_after_the_checkpoint(tmp_path):
     """Requeue without duplicates: the first attempt logged steps 1..47 and evals at 10..40,
-    its last checkpoint is step 40; the resumed attempt logs 41.. again. The cut happens when
-    the plan is made, before anything is appended, so each step is on disk once."""
+    its last checkpoint is step 40; the resumed attempt logs 41.. again. The runner cuts right
+    after the plan is made, before anything is appended, so each step is on disk once."""
     import struct
 
-    from engine.torchfree import losses
+    from engine.torchfree import losses, requeue
     from engine.torchfree.runfolder import StepsTail
 
     run = tmp_path / "r"
@@ -366,18 +365,19 @@ def test_a_requeued_run_cuts_what_its_first_attempt_logged_after_the_checkpoint(
     folder = _Ckpt({"path": str(run / "c.pt"), "step": 40, "stage": "train"}, run)
     plan = slurm.resume_plan(folder, {"launcher": "slurm"}, ["train"], 100, JOB_ENV)
     assert plan["step"] == 40 and plan["steps"] == 60
-    assert plan["cut"] == {"steps.bin": 7, "losses.bin": 2, "evals.jsonl": 1}
+    cut = requeue.log_cut(folder, plan["step"])
+    assert cut == {"steps.bin": 7, "losses.bin": 2, "evals.jsonl": 1}
     assert list(StepsTail(run / "steps.bin").read_new()["step"]) == list(range(1, 41))
     assert (run / "steps.bin").stat().st_size % 72 == 0
     assert [r["step"] for r in RunFolder(run).evals()] == [10, 20, 30, 40]
     assert (run / "losses.bin").stat().st_size == 2 * losses.RECORD_BYTES
     # the second attempt logs 41..; requeued again at checkpoint 50: cut again, idempotent
     _steps_file(run / "steps.bin", list(range(41, 56)))
-    again = slurm.cut_logs_after(folder, 50)
+    again = requeue.cut_logs_after(folder, 50)
     assert again["steps.bin"] == 5
     steps = list(StepsTail(run / "steps.bin").read_new()["step"])
     assert steps == list(range(1, 51)) and len(set(steps)) == len(steps)
-    assert slurm.cut_logs_after(folder, 50) == {"steps.bin": 0, "losses.bin": 0, "evals.jsonl": 0}
+    assert requeue.cut_logs_after(folder, 50) == {"steps.bin": 0, "losses.bin": 0, "evals.jsonl": 0}
 
 
 # ---------------------------------------------------------------- settings

@@ -13,7 +13,7 @@ preemption, a node failure, the out-of-memory killer).
 - ``overlay`` combines a summary with its job: pure, so it is tested without Slurm.
 - Without ``squeue`` on PATH (or when it fails) nothing changes: the folder is shown as written.
 - Inside the job: the engine's fields (``job_fields``), the resume of a requeued run
-  (``resume_plan``, cutting the logs back to its checkpoint), and pruning through ``scancel``
+  (``resume_plan``; ``requeue.py`` cuts the logs back to its checkpoint), and pruning through ``scancel``
   of the job itself (``cancel_pruned``; ``pruned.json`` keeps the decision).
 """
 
@@ -413,8 +413,8 @@ def resume_plan(
 
     None when this is the job's first start (SLURM_RESTART_COUNT 0), the run is not a Slurm
     run or not train-only (a ladder's other stages start over), there is no train checkpoint
-    of its own yet, or nothing would be left to train. With a plan, what the previous attempt
-    logged after the checkpoint's step is cut first (``cut_logs_after``; "cut" in the plan)."""
+    of its own yet, or nothing would be left to train. With a plan, the runner first cuts what
+    the previous attempt logged after the checkpoint's step (``engine.torchfree.requeue``)."""
     env = os.environ if environ is None else environ
     restarts = env.get("SLURM_RESTART_COUNT") or "0"
     if not (in_job(request, env) and restarts.isdigit() and int(restarts) > 0):
@@ -429,14 +429,7 @@ def resume_plan(
     left = start + int(train_steps) - int(ckpt["step"])
     if left <= 0:
         return None
-    cut = cut_logs_after(folder, int(ckpt["step"]))  # its steps are logged once, by this attempt
-    if any(cut.values()):
-        print(
-            f"requeued: cut what the previous attempt logged after step {ckpt['step']}: "
-            + ", ".join(f"{n} {name}" for name, n in cut.items() if n),
-            flush=True,
-        )
-    return {"path": ckpt["path"], "step": int(ckpt["step"]), "steps": left, "cut": cut}
+    return {"path": ckpt["path"], "step": int(ckpt["step"]), "steps": left}
 
 
 # ---------------------------------------------------------------- pruning through Slurm
@@ -490,78 +483,3 @@ def cancel_pruned(
 
 
 # ---------------------------------------------------------------- resuming without duplicates
-
-
-def _first_record_after(f: Any, size: int, record: int, step: float) -> int:
-    """Index of the first fixed-size record whose first float64 (the step) is above ``step``;
-    the steps of one file never go down (a resume cuts the file back before it appends)."""
-    import struct
-
-    lo, hi = 0, size // record
-    while lo < hi:
-        mid = (lo + hi) // 2
-        f.seek(mid * record)
-        (value,) = struct.unpack("<d", f.read(8))
-        if value > step:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def cut_records_after(path: Path, record: int, step: int) -> int:
-    """Cut a file of ``record``-byte float64 records (steps.bin, losses.bin: the step first)
-    back to the records of steps up to ``step``. Returns the records removed."""
-    try:
-        with open(path, "r+b") as f:
-            size = os.fstat(f.fileno()).st_size
-            whole = size - size % record
-            keep = _first_record_after(f, whole, record, float(step))
-            if keep * record < size:
-                f.truncate(keep * record)  # one truncate: a reader sees the old or the new end
-                os.fsync(f.fileno())
-            return whole // record - keep
-    except FileNotFoundError:
-        return 0
-
-
-def cut_jsonl_after(path: Path, step: int) -> int:
-    """Cut evals.jsonl back before its first row of a step above ``step`` (one truncate at a
-    line boundary; rows without a step stay, a torn last line goes). Returns the rows removed."""
-    try:
-        with open(path, "r+b") as f:
-            offset, cut, removed = 0, None, 0
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    row = None
-                at = row.get("step") if isinstance(row, dict) else None
-                torn = not line.endswith(b"\n")  # the killed attempt's half line goes too
-                if cut is None and (torn or (isinstance(at, (int, float)) and at > step)):
-                    cut = offset
-                if cut is not None:
-                    removed += 1
-                offset += len(line)
-            if cut is not None:
-                f.truncate(cut)
-                os.fsync(f.fileno())
-            return removed
-    except FileNotFoundError:
-        return 0
-
-
-def cut_logs_after(folder: Any, step: int) -> dict[str, int]:
-    """A requeued train-only run resumes from its checkpoint at ``step``: what its previous
-    attempt logged after that step is cut off steps.bin, losses.bin and evals.jsonl before the
-    run logs those steps again, so every reader (the app's history, ``ls``, export) sees each
-    step once. Idempotent: a crash half-way is repaired by the next attempt's cut."""
-    from engine.torchfree.losses import RECORD_BYTES
-    from engine.torchfree.runfolder import RECORD_SIZE
-
-    root = Path(folder.path)
-    return {
-        "steps.bin": cut_records_after(root / "steps.bin", RECORD_SIZE, step),
-        "losses.bin": cut_records_after(root / "losses.bin", RECORD_BYTES, step),
-        "evals.jsonl": cut_jsonl_after(root / "evals.jsonl", step),
-    }
