@@ -173,7 +173,7 @@ class GeneralizeStage(Stage):
                 f"{s.steps} steps — the machine is slow or busy, which says nothing against the "
                 f"model; raise generalize.seconds or free the machine"
             )
-        falling = _still_falling(result, evals, base_loss, lr)
+        falling = _still_falling(result, evals, base_loss, lr, self.name)
         if falling:
             return "warn", falling
         stalled = stalled_diagnosis(report, lr0)
@@ -310,10 +310,13 @@ def _lr_fell_to_zero(result, lr0: float) -> str | None:
     )
 
 
-def _still_falling(result, evals, base_loss: float, lr: float) -> str | None:
+def _still_falling(
+    result, evals, base_loss: float, lr: float, stage: str = "generalize"
+) -> str | None:
     """A sentence when the loss was still falling at the end of the budget: the last full-val
     evaluation the lowest and at least 1% below the one before, with the train loss falling
-    by more than its noise over the last third."""
+    by more than its noise over the last third. ``stage`` names the key to raise (the l1
+    stage is a generalize stage under another name)."""
     if len(evals) < 2 or not result.rows:
         return None
     (s1, e1), (s2, e2) = evals[-2], evals[-1]
@@ -331,7 +334,7 @@ def _still_falling(result, evals, base_loss: float, lr: float) -> str | None:
             more += f" — or raise the learning rate (now {lr:g})"
     return (
         f"the step budget ran out while the loss was still falling: val loss {fmt(l1)} at step "
-        f"{s1} → {fmt(l2)} at step {s2}, the train loss falling too; raise generalize.steps "
+        f"{s1} → {fmt(l2)} at step {s2}, the train loss falling too; raise {stage}.steps "
         f"(now {result.steps}){more}"
     )
 
