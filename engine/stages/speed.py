@@ -47,12 +47,7 @@ class SpeedStage(Stage):
         data_iter = EpochIterator(loader)  # starts the workers, as the loop's would
         first = next(data_iter)
         t_first = time.perf_counter() - t0
-        n, t0 = 0, time.perf_counter()
-        deadline = t0 + s.seconds
-        while n < s.batches and time.perf_counter() < deadline:
-            next(data_iter)
-            n += 1
-        data_s = (time.perf_counter() - t0) / max(n, 1)
+        data_s = _per_call(data_iter.__next__, s)
         del data_iter
         metrics["data_s_per_batch"] = data_s
         val_s = _time_val_data(ctx, s)
@@ -212,10 +207,18 @@ def _time_val_data(ctx: RunContext, s: Any) -> float:
     """Seconds per random val batch fetched from the loader the loop draws them from."""
     batches = ctx.val_batches()
     next(batches)  # worker start-up, as for the train loader
+    return _per_call(batches.__next__, s)
+
+
+def _per_call(call, s: Any, device: torch.device | None = None) -> float:
+    """Seconds per ``call()``: ``s.batches`` calls, fewer when ``s.seconds`` runs out; the
+    device (if given) is synchronised before the clock stops."""
     n, t0 = 0, time.perf_counter()
     while n < s.batches and time.perf_counter() < t0 + s.seconds:
-        next(batches)
+        call()
         n += 1
+    if device is not None:
+        _sync(device)
     return (time.perf_counter() - t0) / max(n, 1)
 
 
@@ -225,12 +228,7 @@ def _time_compute(step: TrainStep, batch, s: Any, device: torch.device) -> float
     for _ in range(2):
         step(batch)
     _sync(device)
-    n, t0 = 0, time.perf_counter()
-    while n < s.batches and time.perf_counter() < t0 + s.seconds:
-        step(batch)
-        n += 1
-    _sync(device)
-    return (time.perf_counter() - t0) / max(n, 1)
+    return _per_call(lambda: step(batch), s, device)
 
 
 def precision_check(
