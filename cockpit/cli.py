@@ -307,7 +307,7 @@ def _fmt(x, digits: int = 4) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from cockpit.app.formatting import age
-    from engine.torchfree.runfolder import iter_runs, resolve_workspace
+    from engine.torchfree.runfolder import display_status, iter_runs, resolve_workspace
 
     ws = check_workspace(resolve_workspace(args.workspace))
     snaps = [r.snapshot() for r in iter_runs(ws)]
@@ -324,7 +324,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("RUN", "PRESET", "STATUS", "STAGE", "STEP", "TRAIN", "VAL", "METRIC", "AGE")]
     for s in snaps:
         metric = f"{s.metric_name} {_fmt(s.metric, 3)}" if s.metric_name else "-"
-        status = s.status + (f" ({s.queue})" if s.status == "queued" and s.queue else "")
+        status = display_status(s.status, s.reason)  # 'pruned', as the app says
+        status += f" ({s.queue})" if s.status == "queued" and s.queue else ""
         if s.slurm_job and s.status != "queued":  # running on node1, killed (timeout)
             where = f" on {s.node}" if s.node and s.status == "running" else ""
             ended = s.slurm_state if s.status in ("killed", "error") and s.slurm_state else ""
@@ -358,7 +359,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_kill(args: argparse.Namespace) -> int:
     from cockpit.launch import stop_many
-    from engine.torchfree.runfolder import find_run, resolve_workspace
+    from engine.torchfree.runfolder import display_status, find_run, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
     folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
@@ -369,7 +370,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
                 f"(data kept in {f.path})"
             )
         else:
-            print(f"{f.run_id}: not running ({f.state().get('status')})")
+            state = f.state()
+            print(
+                f"{f.run_id}: not running ({display_status(state.get('status'), state.get('reason'))})"
+            )
     return 0
 
 

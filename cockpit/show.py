@@ -22,7 +22,7 @@ import shutil
 import sys
 from typing import Any
 
-from engine.torchfree.runfolder import RunFolder, read_json
+from engine.torchfree.runfolder import RunFolder, display_status, read_json
 
 SPLITS = ("train", "val")
 RAMP = " ░▒▓█"
@@ -283,7 +283,8 @@ def render(folder: RunFolder, split: str = "both", width: int = 80, color: bool 
     """What ``cockpit show`` prints for a run folder."""
     snaps = load(folder)
     if not snaps:
-        state = folder.state().get("status", "?")
+        st = folder.state()
+        state = display_status(str(st.get("status", "?")), st.get("reason"))
         return (
             f"{folder.run_id}: no batch snapshot yet (the engine writes batches/ when the run "
             f"starts; this run is {state}, and runs from before cockpit show have none)"

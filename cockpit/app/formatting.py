@@ -6,6 +6,7 @@ import math
 
 from rich.text import Text
 
+from engine.torchfree import runfolder
 from engine.torchfree.numbers import compact, significant, steps_compact, thousands
 from engine.torchfree.runfolder import RunSnapshot
 
@@ -47,12 +48,12 @@ def rgb(color: tuple[int, int, int]) -> str:
 
 
 def is_pruned(snapshot: RunSnapshot) -> bool:
-    """Killed by a pruning rule: the engine records the rule's reason, starting with 'pruned'."""
-    return snapshot.status == "killed" and snapshot.reason.lower().startswith("pruned")
+    """Killed by a pruning rule (the rule is runfolder.is_pruned, which `cockpit ls` uses too)."""
+    return runfolder.is_pruned(snapshot.status, snapshot.reason)
 
 
 def display_status(snapshot: RunSnapshot) -> str:
-    return "pruned" if is_pruned(snapshot) else snapshot.status
+    return runfolder.display_status(snapshot.status, snapshot.reason)
 
 
 def status_text(status: str, label: str | None = None) -> Text:

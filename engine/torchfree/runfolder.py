@@ -595,6 +595,17 @@ class RunSnapshot:
         return {k: clean_number(v) if isinstance(v, float) else v for k, v in out.items()}
 
 
+def is_pruned(status: str, reason: str | None) -> bool:
+    """Killed by a pruning rule: the engine records the rule's reason, starting with 'pruned'
+    (engine/torchfree/pruning.py). One rule for the app, `cockpit ls` and `cockpit show`."""
+    return status == "killed" and isinstance(reason, str) and reason.lower().startswith("pruned")
+
+
+def display_status(status: str, reason: str | None) -> str:
+    """The status a person reads: 'pruned' for a run a pruning rule killed, else ``status``."""
+    return "pruned" if is_pruned(status, reason) else status
+
+
 # ---------------------------------------------------------------- the folder
 
 
