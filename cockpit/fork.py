@@ -78,7 +78,7 @@ def fork_run(
         raise LookupError(f"run {parent.run_id}: run.json's stages is not a list of names.")
     if stages is not None:
         check_stage_names(stages)
-    where = choose(workspace, launcher[0], launcher[1], parent_request=req)
+    where = choose(workspace, launcher[0], launcher[1], parent_request=_released(req))
     folder = create_run(
         workspace,
         preset,
@@ -92,6 +92,18 @@ def fork_run(
     )
     proc = start_engine(folder) if start else None
     return folder, proc
+
+
+def _released(request: dict) -> dict:
+    """The parent's run.json as its fork inherits it: the parent's sbatch options less
+    ``--hold``/``-H`` in ``extra`` (a held parent's fork would never start by itself; a fork
+    is held only by its own ``--slurm extra=--hold``)."""
+    options = request.get("slurm")
+    if not isinstance(options, dict) or "extra" not in options:
+        return request
+    from cockpit.launchers.slurm import without_hold
+
+    return {**request, "slurm": {**options, "extra": without_hold(options["extra"])}}
 
 
 def _text(value: Any) -> str | None:

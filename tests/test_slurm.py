@@ -432,6 +432,51 @@ def test_a_fork_inherits_its_parents_launcher(tmp_path, fake_sbatch):
     assert choose(_ws(tmp_path), "local", parent_request=parent) == {"launcher": "local"}
 
 
+def test_a_fork_of_a_held_job_is_not_held(tmp_path, fake_sbatch):
+    """The parent was submitted with --hold (and -H, and the --hol prefix sbatch takes): its
+    fork drops them from the inherited extra, keeps every other option, and is held only when
+    its own --slurm asks."""
+    from cockpit.fork import fork_run
+    from engine.torchfree.runfolder import write_json_atomic
+    from tests.app.workspaces import RunSpec, write_run
+
+    ws = _ws(tmp_path)
+    parent = write_run(ws, RunSpec("held-20260101-000000-aaaa"))
+    extra = ["--hold", "--qos=high", "-H", "--exclusive", "--hol", "--nice=5"]
+    options = {"partition": "gpu", "extra": extra}
+    write_json_atomic(
+        parent.file("run.json"), {**parent.request(), "launcher": "slurm", "slurm": options}
+    )
+    held = launcher.sbatch_argv(parent, parent.request(), {"gpus": 0})
+    assert "--hold" in held and "-H" in held  # the parent itself is held
+
+    child, proc = fork_run(ws, parent, {"seed": 1}, start=False)
+    assert proc is None
+    request = child.request()
+    assert request["launcher"] == "slurm"
+    assert request["slurm"] == {
+        "partition": "gpu",
+        "extra": ["--qos=high", "--exclusive", "--nice=5"],
+    }
+    argv = launcher.sbatch_argv(child, request, {"gpus": 0})
+    assert not {"--hold", "-H", "--hol"} & set(argv)
+    assert {"--qos=high", "--exclusive", "--nice=5", "--partition=gpu"} <= set(argv)
+    assert parent.request()["slurm"]["extra"] == extra  # the parent's record is untouched
+
+    asked, _ = fork_run(ws, parent, {"seed": 2}, start=False, launcher=(None, ["extra=--hold"]))
+    assert asked.request()["slurm"]["extra"] == ["--qos=high", "--exclusive", "--nice=5", "--hold"]
+
+
+def test_without_hold_keeps_everything_else():
+    assert launcher.without_hold("--hold --qos=high -H") == ["--qos=high"]  # a hand-written string
+    assert launcher.without_hold(["--holdout=1", "--qos=hold", "-h"]) == [
+        "--holdout=1",
+        "--qos=hold",
+        "-h",
+    ]  # not sbatch's hold: kept as they are
+    assert launcher.without_hold(None) is None
+
+
 @pytest.mark.parametrize(
     "text, args, message",
     [
@@ -863,10 +908,8 @@ def test_ablation_prunes_through_scancel_and_the_best_forks_warm_as_another_job(
     assert f.returncode == 0, f.stderr
     (child,) = set(ls(ws)) - set(lr)
     assert job_of(ws, child) not in jobs.values()  # another job
-    # with its parent's sbatch options, --hold included: held like the ablation's jobs
-    row = wait_for(ws, child, lambda r: r["status"] == "queued" and r["queue"])
-    assert row["queue"] == f"Slurm job {job_of(ws, child)} pending (JobHeldUser)"
-    subprocess.run(["scontrol", "release", job_of(ws, child)], check=True, timeout=10)
+    # with its parent's sbatch options but not their --hold: it starts without a release
+    assert "--hold" not in RunFolder(ws / child).request()["slurm"].get("extra", [])
     done = wait_for(ws, child, lambda r: r["status"] not in ("queued", "running"), timeout=180)
     assert done["status"] == "passed", done["reason"]
     assert done["parent"] == best and done["fork_step"] == 80 and done["node"] == "localhost"

@@ -129,6 +129,21 @@ def sbatch_argv(folder: RunFolder, request: dict, preset: dict) -> list[str]:
     return argv
 
 
+HOLD_OPTIONS = ("-H", "--hold", "--hol", "--ho")
+"""sbatch's hold (``-H``/``--hold``, and the prefixes of --hold its getopt_long takes)."""
+
+
+def without_hold(extra: Any) -> Any:
+    """A run's ``extra`` sbatch options without ``--hold``/``-H``, everything else kept in order
+    (``extra`` as run.json stores it: a list, or one string as a hand-written one may be).
+    What a fork inherits: a held parent must not give a fork that never starts."""
+    if isinstance(extra, str):
+        extra = shlex.split(extra)
+    if not isinstance(extra, list):
+        return extra
+    return [x for x in extra if str(x) not in HOLD_OPTIONS]
+
+
 def _job_name(folder: RunFolder, request: dict) -> str:
     if request.get("group_parallel") and request.get("group") and request.get("lane") is not None:
         return f"cockpit-{request['group']}-lane{request['lane']}"
