@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cockpit.app.envelope import Envelope, numpy
 from engine.torchfree.losses import LOSSES_FILE, LossesTail
-from engine.torchfree.runfolder import STEP_COLUMNS, JsonlTail, RunFolder, read_json
+from engine.torchfree.runfolder import STEP_COLUMNS, JsonlTail, RunFolder, open_regular, read_json
 
 EVAL_SKIP = ("step", "time", "stage", "val_loss", "val_loss_se")
 """Keys of an evals.jsonl row that are not full-val metrics to draw."""
@@ -55,7 +55,7 @@ class StepsReader:
         reused (it stays in the CPU cache: reading and picking the columns cost one pass)."""
         np = numpy()
         try:
-            f = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed below, a generator
+            f = open_regular(self.path)  # closed below (a generator); a FIFO: OSError, at once
         except OSError:
             return
         try:
