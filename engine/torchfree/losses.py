@@ -22,7 +22,7 @@ import struct
 from array import array
 from pathlib import Path
 
-from engine.torchfree.runfolder import Appender, read_json, write_json_atomic
+from engine.torchfree.runfolder import Appender, open_regular, read_json, write_json_atomic
 
 LOSSES_FILE = "losses.bin"
 HEADER_FILE = "losses.json"
@@ -90,7 +90,7 @@ class LossesTail:
     def read_new(self) -> dict[tuple[int, str], tuple[array, array]]:
         path = self.folder / LOSSES_FILE
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:  # a FIFO in its place: OSError, not a wait forever
                 f.seek(self.offset)
                 raw = f.read()
         except OSError:

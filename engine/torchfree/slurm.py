@@ -189,8 +189,10 @@ def query(job_ids: list[str], timeout: float = TIMEOUT_S) -> tuple[dict[str, Job
 
 def read_record(run_dir: Path) -> dict | None:
     """slurm.json with a usable job id, or None (a local run, or a broken file)."""
+    from engine.torchfree.runfolder import read_regular  # here: runfolder imports us lazily
+
     try:
-        raw = (Path(run_dir) / SLURM_JSON).read_bytes()[:65536]
+        raw = read_regular(Path(run_dir) / SLURM_JSON, 65536)  # a FIFO: OSError, no wait
         rec = json.loads(raw)
     except (OSError, ValueError):
         return None
@@ -437,8 +439,10 @@ def resume_plan(
 
 def read_pruned(run_dir: Path) -> dict | None:
     """The pruning decision the engine wrote before cancelling its own job, or None."""
+    from engine.torchfree.runfolder import read_regular
+
     try:
-        rec = json.loads((Path(run_dir) / PRUNED_JSON).read_bytes()[:65536])
+        rec = json.loads(read_regular(Path(run_dir) / PRUNED_JSON, 65536))
     except (OSError, ValueError):
         return None
     pruned = rec.get("pruned") if isinstance(rec, dict) else None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine.torchfree.runfolder import RunFolder
+from engine.torchfree.runfolder import RunFolder, open_regular
 
 FIRST_BYTES = 64_000
 """How much of the log's end is shown at first (older lines are in the file)."""
@@ -23,6 +25,8 @@ class LogView(RichLog):
         self.folder = folder
         self._offset = 0
         self._partial = ""
+        self._unreadable: str | None = None
+        """Why engine.log cannot be read (said once, until it can be again)."""
 
     def on_mount(self) -> None:
         path = self.folder.file("engine.log")
@@ -45,12 +49,20 @@ class LogView(RichLog):
             self._timer.pause()
 
     def read_new(self) -> None:
+        path = self.folder.file("engine.log")
         try:
-            with open(self.folder.file("engine.log"), "rb") as f:
+            with open_regular(path) as f:  # a FIFO in its place would block the UI forever
                 f.seek(self._offset)
                 chunk = f.read()
-        except OSError:
+        except FileNotFoundError:
+            return  # not written yet
+        except OSError as e:
+            why = e.strerror or str(e)
+            if why != self._unreadable:
+                self._unreadable = why
+                self.write(Text(_unreadable_note(path, e), style="#e5c07b"))
             return
+        self._unreadable = None
         if not chunk:
             return
         self._offset += len(chunk)
@@ -59,6 +71,16 @@ class LogView(RichLog):
         self._partial = lines.pop()  # a line still being written waits for its newline
         for line in lines:
             self.write(Text(line, style=_line_style(line)))
+
+
+def _unreadable_note(path: Path, e: OSError) -> str:
+    """One sentence for a log that cannot be read: which file, what was expected, what to do."""
+    if e.errno == errno.EINVAL:  # open_regular: a FIFO, a device or a socket in its place
+        return (
+            f"{path} is not a regular file (a FIFO or a device?): the log is a plain file the "
+            "engine appends to; remove what is in its place (the run's other files are intact)"
+        )
+    return f"{path} cannot be read ({e.strerror or e}); check its permissions"
 
 
 def _line_style(line: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from rich.console import Group
 from rich.syntax import Syntax
 from rich.table import Table
@@ -57,5 +60,22 @@ class PresetView(Static):
                 )
             )
         else:
-            parts.append(Text("no preset.yaml in the run folder", style="dim"))
+            parts.append(_no_preset(folder.file("preset.yaml")))
         self.update(Group(*parts))
+
+
+def _no_preset(path: Path) -> Text:
+    """Why there is no YAML to show: none written, or something other than a file in its
+    place (preset_text reads regular files only: a FIFO there would block the app)."""
+    try:
+        present = os.path.lexists(path) and not path.is_file()
+    except OSError:
+        present = True
+    if present:
+        return Text(
+            f"{path} is not a regular file (a FIFO, a folder or a device?): the resolved preset "
+            "is the plain YAML file cockpit writes when it creates the run, and something else is "
+            "in its place; the request above and the run's other files are unaffected",
+            style="#e5c07b",
+        )
+    return Text("no preset.yaml in the run folder", style="dim")
