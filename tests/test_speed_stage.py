@@ -272,6 +272,44 @@ def test_the_step_timed_is_the_one_training_runs(scripted):
     assert v.metrics["compute_s_per_batch"] == pytest.approx(0.01)
 
 
+COUNTED_STEP = '''
+import torch.nn.functional as F
+
+CALLS = []
+
+
+def counted(models, batch, scale=1.0):
+    """A custom step (docs/custom-step.md): its own loss, a named extra, a call counter."""
+    x, y = batch
+    CALLS.append(len(y))
+    ce = F.cross_entropy(models(x), y) * scale
+    return {"loss": ce, "half_ce": ce * 0.5}
+'''
+
+
+def test_a_custom_step_is_the_step_timed(scripted, tmp_path, monkeypatch):
+    """The compute measurement replays the preset's own step (``step:``), not the default
+    loss(model(x), y): the user's function is what gets called and timed, its named losses
+    come back, and precision is not compared (the step owns its precision)."""
+    import sys
+
+    (tmp_path / "speed_counted_step.py").write_text(COUNTED_STEP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "speed_counted_step", raising=False)
+    sc = scripted(step={"_target_": "speed_counted_step.counted", "scale": 2.0})
+    user = sys.modules["speed_counted_step"]
+    assert sc.ctx.custom is not None and user.CALLS == []
+    v = sc.run(batches=3)
+    (step,) = sc.steps
+    assert step.custom is sc.ctx.custom
+    assert len(user.CALLS) == step.calls == 2 + 3  # two warm-up replays, then 3 timed
+    assert set(user.CALLS) == {sc.ctx.preset.get("batch_size")}  # the first train batch
+    assert set(step.named) == {"half_ce"}  # the user's named loss, from the user's step
+    assert v.metrics["compute_s_per_batch"] == pytest.approx(0.02)
+    assert by_name(v, "precision").status == "skip"
+    assert not any(k.startswith("compute_s_") and k != "compute_s_per_batch" for k in v.metrics)
+
+
 def test_the_seconds_cap_ends_each_measurement(scripted):
     # a loader that takes 30 s a batch: a 50 s cap stops the data measurement after 2 batches
     sc = scripted(costs={"data": 30.0, "val": 30.0, "fp32": 30.0})
