@@ -37,6 +37,9 @@ MIN_REDRAW_S = 0.75
 """At most one data-driven rebuild per 0.75 s per plot (and one repaint per 0.75 s per view,
 ``Cadence``): with histories polled every 0.25 s (watcher.py), a new point is drawn within a
 second of reaching the disk."""
+TICK_FOLD_S = 0.05
+"""One watcher tick's news arrive as several messages (the runs, then each history that
+grew): a view that hears the runs waits this long for the rest, to show them in one repaint."""
 UNFOCUSED_REDRAW_S = 2.0
 """The throttle while the terminal reports that it lost focus (another window in front)."""
 VERTICAL_PIXELS = {"braille": 4, "hd": 2, "dot": 1}
@@ -532,15 +535,40 @@ def dots(
     return lit.tobytes()
 
 
+def tick_step(lo: float, hi: float, count: int = 5) -> float:
+    """The round distance (1, 2, 2.5, 5 × 10^k) between about ``count`` ticks over [lo, hi]
+    (``hi > lo``, both finite)."""
+    raw = (hi - lo) / max(1, count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+
+
+SNAP_PER_STEP = 10
+"""A value axis's limits are multiples of a tenth of its tick step (see ``snapped``)."""
+
+
+def snapped(lo: float, hi: float, count: int = 5) -> tuple[float, float]:
+    """[lo, hi] widened to multiples of a tenth of its tick step.
+
+    A live loss moves its lowest point a little at every redraw; limits that followed it
+    exactly would move every dot of the plot, so each redraw would rebuild the frame (plotext
+    lays out every tick label again) and repaint every row. Snapped, the limits hold until
+    the data cross a grain (2.5–6% of the range), so most redraws only add the new points
+    at the right end — and the picture stops trembling. Deterministic: equal data, equal
+    limits, whatever came before."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return lo, hi
+    grain = tick_step(lo, hi, count) / SNAP_PER_STEP
+    return math.floor(lo / grain) * grain, math.ceil(hi / grain) * grain
+
+
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     """About ``count`` round numbers (1, 2, 5 × 10^k apart) spanning [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:
         return [lo]
-    raw = (hi - lo) / max(1, count - 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    step = tick_step(lo, hi, count)
     first = math.ceil(lo / step) * step
     ticks = []
     value = first
@@ -597,7 +625,7 @@ def value_ticks(
         lo, hi = lo - pad, hi + pad
     else:
         pad = (hi - lo) * 0.04
-        lo, hi = lo - pad, hi + pad
+        lo, hi = snapped(lo - pad, hi + pad, count)
     if log:
         return lo, hi, log_ticks(lo, hi)
     return lo, hi, [t for t in nice_ticks(lo, hi, count) if lo <= t <= hi]
