@@ -992,7 +992,7 @@ def test_the_data_wait_share_is_over_the_last_64_steps(tmp_path):
 def test_a_snapshot_of_a_broken_folder_is_one_unreadable_row(tmp_path, monkeypatch):
     folder = make(tmp_path)
 
-    def broken(self):
+    def broken(self, *args):
         raise RuntimeError("x" * 400)
 
     monkeypatch.setattr(RunFolder, "_snapshot", broken)

@@ -23,7 +23,7 @@ from textual.message import Message
 from cockpit.app.envelope import numpy
 from cockpit.app.history import RunHistory
 from cockpit.app.messages import HistoryUpdated, RunState, RunsUpdated
-from engine.torchfree.runfolder import FINAL, LIVE, JsonlTail, RunFolder
+from engine.torchfree.runfolder import FINAL, LIVE, UNREAD, JsonlTail, RunFolder
 
 WINDOW_S = 600.0
 """How far back the data-wait series reach (the GPU panel's time axis)."""
@@ -35,10 +35,13 @@ FIRST_BATCH = 40
 """Runs read before the first partial list is posted (the top rows, at once)."""
 NEXT_BATCH = 1000
 """Runs read between later partial lists (each costs the UI a pass over every row)."""
-HISTORY_POLLS_PER_SCAN = 4
-"""The watched histories are polled four times per scan (every 0.25 s; a poll with nothing new
-is a ``stat`` of three files): with the views' cadence (0.75 s) a new point is on screen
-within a second."""
+FOCUSED_TICK = 0.9
+"""While a view shows some runs only (a run's curves), the watcher ticks at 0.9 × the scan
+period: each tick reads the run and polls its history (a poll with nothing new is a ``stat``
+of three files), and the view draws both in one repaint — so a point is on screen within a
+second of reaching the disk, at one read and one draw per tick (polling four times per scan
+and drawing on a separate cadence cost a third more draws and four times the polls for the
+same liveness)."""
 OFFSCREEN_SCANS = 5
 """While a view shows some runs only (a run view: one), the others are read every fifth scan:
 their rows are hidden, and the list gets a full scan at once when it is shown again."""
@@ -52,6 +55,10 @@ def created_hint(name: str) -> tuple[str, str]:
     return (match.group(1) if match else "", name)
 
 
+EVALS, TELEMETRY = 2, 3
+"""Where evals.jsonl and telemetry.jsonl are in a live run's stamp."""
+
+
 class RunTracker:
     """The watcher's memory of one run folder: file stamps, the last snapshot, telemetry."""
 
@@ -60,11 +67,16 @@ class RunTracker:
         self.stamp: tuple = ()
         self.state: RunState | None = None
         self.checked_at = -LIVENESS_S
-        """time.monotonic() of the last full read (the liveness clock is not the display clock)."""
+        """time.monotonic() when the OS was last asked whether the engine lives (the liveness
+        clock is not the display clock)."""
         self.waits: deque[tuple[float, float]] = deque()
         self.gpu_index: int | None = None
         self.pids: frozenset[int] = frozenset()
         self._telemetry: JsonlTail | None = None
+        self._last_telemetry: dict | None = None
+        self._last_eval: dict | None = None
+        self._shown: dict | None = None
+        """The last snapshot as JSON (NaN-safe to compare; made once per read, not twice)."""
 
     def _stamp(self, live: bool) -> tuple:
         names = (
@@ -84,18 +96,38 @@ class RunTracker:
     def poll(self, now: float) -> bool:
         """Re-read the run if its files changed (or a live one is due a liveness check).
 
-        ``now`` is the wall clock of the telemetry window."""
+        ``now`` is the wall clock of the telemetry window. Only what moved is read again:
+        the last eval when evals.jsonl moved, the telemetry when telemetry.jsonl did; and a
+        run whose files move while its engine was alive at the last check (at most
+        ``LIVENESS_S`` ago) is not asked about again until the next one."""
         live = self.state is None or self.state.snapshot.status not in FINAL
         stamp = self._stamp(live)
-        due = live and time.monotonic() - self.checked_at >= LIVENESS_S
+        mono = time.monotonic()
+        due = live and mono - self.checked_at >= LIVENESS_S
         if stamp == self.stamp and not due:
             return False
-        self.stamp = stamp
-        self.checked_at = time.monotonic()
-        snapshot = self.folder.snapshot()
+        before, self.stamp = self.stamp, stamp
+        was_alive = self.state is not None and self.state.snapshot.status in LIVE
+        check = due or not was_alive
+        if check:
+            self.checked_at = mono
+        moved = (
+            [True] * len(stamp)
+            if len(before) != len(stamp)
+            else [a != b for a, b in zip(before, stamp)]
+        )
+        if not live or moved[EVALS]:
+            self._last_eval = self.folder.last_eval()
+        if live and moved[TELEMETRY]:
+            self._read_telemetry()
+        snapshot = self.folder.snapshot(
+            assume_alive=not check,
+            last_eval=self._last_eval,
+            last_telemetry=self._last_telemetry if live else UNREAD,
+        )
         if snapshot.status in LIVE:
-            self._read_telemetry(now)
-            if due or self.state is None:
+            self._trim_waits(now)
+            if check:
                 self.pids = _process_tree(self.folder)
         else:
             self.waits.clear()
@@ -103,18 +135,19 @@ class RunTracker:
         position = None
         if snapshot.status == "queued":
             position = self.folder.summary().get("queue_position")
-        previous = self.state
+        previous, shown = self.state, self._shown
         self.state = RunState(
             snapshot,
-            self.folder.last_eval(),
+            self._last_eval,
             tuple(self.waits),
             self.gpu_index,
             self.pids,
             int(position) if isinstance(position, (int, float)) else None,
         )
-        return previous is None or _differs(previous, self.state)
+        self._shown = snapshot.to_json()
+        return previous is None or _differs(previous, shown, self.state, self._shown)
 
-    def _read_telemetry(self, now: float) -> None:
+    def _read_telemetry(self) -> None:
         if self._telemetry is None:
             self._telemetry = JsonlTail(self.folder.file("telemetry.jsonl"))
             with contextlib.suppress(OSError):
@@ -129,17 +162,20 @@ class RunTracker:
             gpu = row.get("gpu")
             if isinstance(gpu, dict) and gpu.get("index") is not None:
                 self.gpu_index = int(gpu["index"])
+            self._last_telemetry = row
             wait, t = row.get("data_wait"), row.get("t")
             if isinstance(wait, (int, float)) and isinstance(t, (int, float)):
                 self.waits.append((float(t), float(wait)))
+
+    def _trim_waits(self, now: float) -> None:
         while self.waits and self.waits[0][0] < now - WINDOW_S:
             self.waits.popleft()
 
 
-def _differs(a: RunState, b: RunState) -> bool:
+def _differs(a: RunState, a_json: dict | None, b: RunState, b_json: dict) -> bool:
     # to_json turns NaN into None: NaN != NaN would make every run look changed every tick
     return (
-        a.snapshot.to_json() != b.snapshot.to_json()
+        a_json != b_json
         or a.last_eval != b.last_eval
         or a.waits != b.waits
         or a.gpu_index != b.gpu_index
@@ -181,15 +217,13 @@ class WorkspaceWatcher:
         self.post = post
         self.clock = clock
         self.interval = interval
-        """Seconds between scans of the runs are twice this; the watched histories are polled
-        four times per scan (every ``interval / 2``): with the views' 0.75 s cadence a new
-        point is on screen within a second."""
+        """Seconds between scans of the runs are twice this (0.9 × that in a view of one run,
+        ``FOCUSED_TICK``); the watched histories are polled right after each scan."""
         self.trackers: dict[str, RunTracker] = {}
         self._histories: dict[str, RunHistory] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._tick = 0
         self._post_next_scan = True  # the first scan always reports, even an empty workspace
         self._warmed = False
         self.focus: frozenset[str] | None = None
@@ -212,7 +246,6 @@ class WorkspaceWatcher:
 
     def rescan(self) -> None:
         """Look at the workspace now rather than at the next tick (after a launch or a kill)."""
-        self._tick = 0
         self._post_next_scan = True
         self._scan_all = True
         self._wake.set()
@@ -233,23 +266,30 @@ class WorkspaceWatcher:
 
     # ---- the thread ----------------------------------------------------------------
     def run(self) -> None:
-        polls = HISTORY_POLLS_PER_SCAN
         while not self._stop.is_set():
-            if self._tick % polls == 0:
-                self.scan()
-                if not self._warmed:
-                    self._warmed = True
-                    numpy()  # before the first history is opened, off the UI thread
-            self._tick += 1
-            with self._lock:
-                histories = list(self._histories.values())
-            for history in histories:
-                if self._stop.is_set():
-                    return
-                if history.poll():
-                    self.post(HistoryUpdated(history.run_id))
-            self._wake.wait(self.interval * 2 / polls)
+            self.scan()
+            if not self._warmed:
+                self._warmed = True
+                numpy()  # before the first history is opened, off the UI thread
+            self.poll_histories()
+            self._wake.wait(self.tick_s())
             self._wake.clear()
+
+    def tick_s(self) -> float:
+        """Seconds between ticks (a scan, then a poll of the watched histories)."""
+        period = self.interval * 2
+        return period * FOCUSED_TICK if self.focus is not None else period
+
+    def poll_histories(self) -> None:
+        """Read what the watched histories' runs appended; post the ones that changed (after
+        the scan's runs: a view shows both in one repaint)."""
+        with self._lock:
+            histories = list(self._histories.values())
+        for history in histories:
+            if self._stop.is_set():
+                return
+            if history.poll():
+                self.post(HistoryUpdated(history.run_id))
 
     def scan(self) -> None:
         """Stat every run, re-read the changed ones, post the whole picture if anything moved."""

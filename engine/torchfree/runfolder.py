@@ -674,18 +674,28 @@ def confined_checkpoint(run_dir: Path, name: Any) -> tuple[Path | None, str | No
     return path, None
 
 
+UNREAD = object()
+"""``RunFolder.snapshot``'s "not read yet" for what a caller may hand it (None is a real
+answer: no such row)."""
+
+
 class RunFolder:
     """One run's folder; reading needs nothing but the standard library and psutil."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._files: dict[str, Path] = {}
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        # joined once: the app's watcher asks for the same few paths of every run every tick
+        path = self._files.get(name)
+        if path is None:
+            path = self._files[name] = self.path / name
+        return path
 
     # reading -------------------------------------------------------------
     def summary(self) -> dict:
@@ -712,9 +722,12 @@ class RunFolder:
         except OSError:
             return ""
 
-    def state(self) -> dict:
+    def state(self, assume_alive: bool = False) -> dict:
         """The summary, with a dead engine's 'running' turned into 'error', and a summary that
-        cannot be read as status 'unreadable' with the reason."""
+        cannot be read as status 'unreadable' with the reason.
+
+        ``assume_alive``: skip asking the OS whether the engine lives (a caller that watched
+        its files move a moment ago, and checks again every few seconds)."""
         s, problem = self.summary_checked()
         if problem:
             return {**s, "status": "unreadable", "reason": problem}
@@ -724,7 +737,12 @@ class RunFolder:
             return job_state(self, s)
         # no proc.json yet: the launcher is between creating the folder and starting the engine
         started = self.file("proc.json").exists() or time.time() - s.get("created", 0) > 30
-        if s.get("status") in LIVE and started and process_alive(self.proc()) is False:
+        if (
+            s.get("status") in LIVE
+            and started
+            and not assume_alive
+            and process_alive(self.proc()) is False
+        ):
             s = dict(s)
             s["status"] = "error"
             s["reason"] = (
@@ -794,12 +812,15 @@ class RunFolder:
         row = self._last_jsonl("telemetry.jsonl")
         return row if row and row.get("kind") != "header" else None
 
-    def snapshot(self) -> RunSnapshot:
+    def snapshot(
+        self, assume_alive: bool = False, last_eval: Any = UNREAD, last_telemetry: Any = UNREAD
+    ) -> RunSnapshot:
         """Everything a runs table shows, read from the ends of the files only. Never raises:
         a run whose files cannot be read shows as 'unreadable' with the reason, so one broken
-        folder never hides the others."""
+        folder never hides the others. ``assume_alive``: see ``state``; ``last_eval`` and
+        ``last_telemetry``: those rows (or None) when the caller has read them already."""
         try:
-            return self._snapshot()
+            return self._snapshot(assume_alive, last_eval, last_telemetry)
         except Exception as e:  # a case the checks below did not foresee: still one row
             return RunSnapshot(
                 run_id=self.run_id,
@@ -809,8 +830,8 @@ class RunFolder:
                 reason=f"the run folder cannot be read: {type(e).__name__}: {e}"[:300],
             )
 
-    def _snapshot(self) -> RunSnapshot:
-        s = self.state()
+    def _snapshot(self, assume_alive: bool, last_eval: Any, last_telemetry: Any) -> RunSnapshot:
+        s = self.state(assume_alive)
         req_stages = s.get("stage_names") or []
         tail = self.last_steps(64)
         last_stage = s["stages"][-1].get("name", "") if s.get("stages") else ""
@@ -848,13 +869,13 @@ class RunFolder:
             snap.data_wait = sum(tail["data_s"]) / total if total > 0 else math.nan
             last_time = tail["time"][-1]
             snap.last_time = last_time if math.isfinite(last_time) else None
-        ev = self.last_eval()
+        ev = self.last_eval() if last_eval is UNREAD else last_eval
         if ev:
             for key in MAIN_METRIC.values():
                 if _is_number(ev.get(key)):
                     snap.metric_name, snap.metric = key, float(ev[key])
                     break
-        tel = self.last_telemetry()
+        tel = self.last_telemetry() if last_telemetry is UNREAD else last_telemetry
         if tel and isinstance(tel.get("gpu"), dict) and _is_number(tel["gpu"].get("util")):
             snap.gpu_util = float(tel["gpu"]["util"])
         return snap

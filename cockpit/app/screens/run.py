@@ -19,7 +19,7 @@ from cockpit.app.widgets.details import lineage_text, reason_text
 from cockpit.app.widgets.ladder import LadderView
 from cockpit.app.widgets.live_text import LiveText
 from cockpit.app.widgets.log_view import LogView
-from cockpit.app.widgets.plot import Cadence, redraw_interval
+from cockpit.app.widgets.plot import TICK_FOLD_S, Cadence, redraw_interval
 from cockpit.app.widgets.preset_view import PresetView
 from cockpit.app.widgets.runs_table import queue_places
 from engine.torchfree.runfolder import RunFolder
@@ -104,7 +104,7 @@ class RunScreen(CockpitScreen):
 
     def runs_changed(self, runs: tuple[RunState, ...]) -> None:
         self._news.add("runs")
-        self.cadence.request()
+        self.cadence.request(within=TICK_FOLD_S)  # its history's news follow in this tick
 
     def history_changed(self, run_id: str) -> None:
         if run_id == self.run_id:
