@@ -18,7 +18,7 @@ from cockpit.app.settings import ViewSettings
 from cockpit.app.widgets.details import RunDetails
 from cockpit.app.widgets.gpu_panel import DevicePanel
 from cockpit.app.widgets.live_text import LiveText
-from cockpit.app.widgets.plot import Cadence, redraw_interval
+from cockpit.app.widgets.plot import TICK_FOLD_S, Cadence, redraw_interval
 from cockpit.app.widgets.preview import RunPreview
 from cockpit.app.widgets.runs_table import SORTS, RunsTable, queue_places, run_cells, sort_runs
 from cockpit.app.widgets.too_small import TooSmall
@@ -27,9 +27,12 @@ PREVIEW_FROM = 124
 """Terminal width from which the highlighted run's curves show beside the GPU panel."""
 PREVIEW_DELAY_S = 0.3
 """Wait for the cursor to rest before loading a run's history for the preview."""
-DEVICES_WAIT_S = 1.0
-"""A device sample waits up to this long to be shown with the runs' next update (both come
-once a second, out of step: shown together they cost one repaint instead of two)."""
+NUMBERS_WAIT_S = 2.0
+"""Numbers that move on their own — a live run's step, losses, data wait, GPU use, and the
+device samples — are shown at most every 2 s (nvitop's pace; both come once a second, out of
+step, and shown together cost one repaint instead of two); what changes in kind — a status,
+a stage, a verdict, a run that came or went — is shown at once, and so is anything the user
+does. A preview of a live run's curves keeps its pace (a new point within a second)."""
 
 
 def matches(state: RunState, needle: str) -> bool:
@@ -49,6 +52,21 @@ def matches(state: RunState, needle: str) -> bool:
     return all(word in hay for word in needle.lower().split())
 
 
+def run_kinds(runs: tuple[RunState, ...]) -> tuple:
+    """What the runs are, without the numbers that move on their own."""
+    return tuple(
+        (
+            r.run_id,
+            r.snapshot.status,
+            r.snapshot.stage,
+            tuple(r.snapshot.verdicts),
+            r.snapshot.reason,
+            r.queue_position,
+        )
+        for r in runs
+    )
+
+
 class RunsScreen(CockpitScreen):
     """Runs table, details of the highlighted run, GPU vs data wait (and a preview when wide)."""
 
@@ -63,6 +81,7 @@ class RunsScreen(CockpitScreen):
         self._preview_id: str | None = None
         self._preview_timer: Timer | None = None
         self._shape: tuple = ()
+        self._kinds: tuple = ()
         """(runs, loading) as last shown: a change of either is shown without waiting."""
         self._panels = False
         """The GPU panel, the preview and the footer are mounted once the first frame (the
@@ -136,18 +155,22 @@ class RunsScreen(CockpitScreen):
             return
         self._news.add("runs")
         shape = (len(runs), self.cockpit.loading)
+        kinds = run_kinds(runs)
         if shape != self._shape:  # runs came or went, a large workspace read further: now
-            self._shape = shape
+            self._shape, self._kinds = shape, kinds
             self.cadence.now()
-        else:  # numbers moved: with the next pass
-            self.cadence.request()
+        elif kinds != self._kinds:  # with the preview's news of this tick, if any
+            self._kinds = kinds
+            self.cadence.request(within=TICK_FOLD_S)
+        else:  # only numbers moved
+            self.cadence.request(within=NUMBERS_WAIT_S)
 
     def devices_changed(self, sample: tuple[tuple[DeviceSample, ...], str | None]) -> None:
         if not self.on_top:
             self._stale = True
             return
         self._news.add("devices")
-        self.cadence.request(within=DEVICES_WAIT_S)
+        self.cadence.request(within=NUMBERS_WAIT_S)
 
     def history_changed(self, run_id: str) -> None:
         if run_id != self._preview_id:
