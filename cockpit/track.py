@@ -727,13 +727,13 @@ def _mean(values) -> float | None:
 
 
 def _decode_range(path: Path, start: int, n: int) -> dict:
-    from engine.torchfree.runfolder import decode_steps
+    from engine.torchfree.runfolder import decode_steps, open_regular
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO in its place would block forever
             f.seek(start * RECORD_SIZE)
             raw = f.read(n * RECORD_SIZE)
-    except FileNotFoundError:
+    except OSError:
         raw = b""
     return decode_steps(raw).columns
 

@@ -170,3 +170,23 @@ def test_cockpit_ls_lists_a_slurm_run_whose_slurm_json_is_a_fifo(capsys, run, mo
     assert finishes(lambda: cli.main(["ls", "--workspace", ws]), [fifo]) == 0
     out = capsys.readouterr()
     assert run.run_id in out.out and "Traceback" not in out.err
+
+
+def test_a_requeued_engine_cuts_no_fifo(run):
+    """The requeue cut opens steps.bin/losses.bin/evals.jsonl read-write: a FIFO opened so
+    does not block on Linux, but reading it would, forever (the engine would never restart)."""
+    from engine.torchfree.requeue import cut_jsonl_after, cut_records_after
+    from engine.torchfree.runfolder import RECORD_SIZE
+
+    steps = plant_fifo(run.file("steps.bin"))
+    evals = plant_fifo(run.file("evals.jsonl"))
+    assert finishes(lambda: cut_records_after(steps, RECORD_SIZE, 5), [steps]) == 0
+    assert finishes(lambda: cut_jsonl_after(evals, 5), [evals]) == 0
+
+
+def test_the_tracking_apis_reader_skips_a_fifo(run):
+    from cockpit.track import _decode_range
+
+    steps = plant_fifo(run.file("steps.bin"))
+    columns = finishes(lambda: _decode_range(steps, 0, 10), [steps])
+    assert all(len(v) == 0 for v in columns.values())

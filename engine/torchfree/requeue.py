@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,26 @@ def _first_record_after(f: Any, size: int, record: int, step: float) -> int:
     return lo
 
 
+def _open_regular_rw(path: Path):
+    """``open(path, "r+b")`` for a regular file; None for anything else in its place (a FIFO
+    cannot be cut — opening one so raises, and reading it would block — and nothing but the
+    engine's own files is cut). FileNotFoundError as ``open``."""
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+b")
+
+
 def cut_records_after(path: Path, record: int, step: int) -> int:
     """Cut a file of ``record``-byte float64 records (steps.bin, losses.bin: the step first)
     back to the records of steps up to ``step``. Returns the records removed."""
     try:
-        with open(path, "r+b") as f:
+        f = _open_regular_rw(path)
+        if f is None:
+            return 0
+        with f:
             size = os.fstat(f.fileno()).st_size
             whole = size - size % record
             keep = _first_record_after(f, whole, record, float(step))
@@ -66,7 +82,10 @@ def cut_jsonl_after(path: Path, step: int) -> int:
     """Cut evals.jsonl back before its first row of a step above ``step`` (one truncate at a
     line boundary; rows without a step stay, a torn last line goes). Returns the rows removed."""
     try:
-        with open(path, "r+b") as f:
+        f = _open_regular_rw(path)
+        if f is None:
+            return 0
+        with f:
             offset, cut, removed = 0, None, 0
             for line in f:
                 try:
