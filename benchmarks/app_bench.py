@@ -84,6 +84,16 @@ def median_of(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def python_speed() -> str:
+    """A machine's pure-Python speed, to compare figures across machines (the shared VMs
+    differ by 2-3x: a figure that moved between two runs on two machines may be the machine)."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    return f"this machine runs a 3M-addition Python loop in {time.perf_counter() - t0:.2f} s"
+
+
 def load_text() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
@@ -605,7 +615,7 @@ def main() -> None:
     cols, rows_ = (int(v) for v in args.size.lower().split("x"))
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="cockpit-app-bench-"))
-    print(f"start: {load_text()}")
+    print(f"start: {load_text()}; {python_speed()}")
     try:
         trees = {"now": ROOT}
         if args.before:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 from rich.segment import Segment
@@ -300,20 +301,16 @@ def strips_of(matrix, reuse: dict | None = None, base: Style | None = None) -> l
                 continue
         segments = []
         start = 0
-        for col in range(1, matrix.cols + 1):
-            if col == matrix.cols or (fg[col], style[col], bg[col]) != (
-                fg[start],
-                style[start],
-                bg[start],
-            ):
-                colors = (fg[start], style[start], bg[start])
-                segments.append(
-                    Segment(
-                        "".join(markers[start:col]),
-                        cell_style(colors) if base is None else styled_cell(base, colors),
-                    )
+        # runs of equally coloured cells, found by groupby in C (a row has a handful)
+        for colors, run in groupby(zip(fg, style, bg)):
+            end = start + len(list(run))
+            segments.append(
+                Segment(
+                    "".join(markers[start:end]),
+                    cell_style(colors) if base is None else styled_cell(base, colors),
                 )
-                start = col
+            )
+            start = end
         strips.append(Strip(segments, matrix.cols))
         kept[y] = (cells, strips[-1])
     if reuse is not None:
