@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.torchfree.regular import open_regular, read_regular
 from engine.torchfree.status import Run as RunStatus
 from engine.torchfree.tasks import MAIN_METRIC
 
@@ -255,40 +256,6 @@ def clean_number(x: float) -> float | None:
 
 
 MAX_JSON_BYTES = 16 << 20  # a summary of a long ladder is tens of kB; more is not ours
-
-
-def open_regular(path: Path):  # -> BinaryIO
-    """``open(path, "rb")`` for a regular file only: a FIFO or a device raises OSError
-    instead of blocking (or never ending)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_regular(path: Path, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file. A FIFO, a device or a folder in its place
-    raises OSError at once (opening a FIFO to read would wait for a writer forever)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-            raise OSError(errno.EINVAL, f"{kind} (a FIFO, a device or a socket?)", str(path))
-        chunks, left = [], limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def read_json(path: Path) -> dict | None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.torchfree.regular import read_regular
+
 SLURM_JSON = "slurm.json"
 PRUNED_JSON = "pruned.json"  # a pruned job's decision, written before its own scancel
 TTL_S = 2.0  # one squeue call per this many seconds serves every run of a workspace
@@ -189,7 +191,6 @@ def query(job_ids: list[str], timeout: float = TIMEOUT_S) -> tuple[dict[str, Job
 
 def read_record(run_dir: Path) -> dict | None:
     """slurm.json with a usable job id, or None (a local run, or a broken file)."""
-    from engine.torchfree.runfolder import read_regular  # here: runfolder imports us lazily
 
     try:
         raw = read_regular(Path(run_dir) / SLURM_JSON, 65536)  # a FIFO: OSError, no wait
@@ -439,7 +440,6 @@ def resume_plan(
 
 def read_pruned(run_dir: Path) -> dict | None:
     """The pruning decision the engine wrote before cancelling its own job, or None."""
-    from engine.torchfree.runfolder import read_regular
 
     try:
         rec = json.loads(read_regular(Path(run_dir) / PRUNED_JSON, 65536))
