@@ -14,14 +14,15 @@ import stat
 from pathlib import Path
 
 
-def open_regular(path: Path):  # -> BinaryIO
-    """``open(path, "rb")`` for a regular file only: a FIFO or a device raises OSError
-    instead of blocking (or never ending)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+def open_regular(path: Path, mode: str = "rb"):  # -> BinaryIO
+    """``open(path, mode)`` (``"rb"`` or ``"r+b"``) for a regular file only: a FIFO or a
+    device raises OSError (EINVAL) instead of blocking (or never ending)."""
+    flags = {"rb": os.O_RDONLY, "r+b": os.O_RDWR}[mode]
+    fd = os.open(path, flags | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, mode)
     except BaseException:
         os.close(fd)
         raise

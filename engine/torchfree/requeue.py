@@ -8,14 +8,15 @@ Slurm's state: slurm.py imports neither runfolder.py nor losses.py, so no import
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import stat
 import struct
 from pathlib import Path
 from typing import Any
 
 from engine.torchfree.losses import RECORD_BYTES
+from engine.torchfree.regular import open_regular
 from engine.torchfree.runfolder import RECORD_SIZE
 
 
@@ -47,64 +48,60 @@ def _first_record_after(f: Any, size: int, record: int, step: float) -> int:
     return lo
 
 
-def _open_regular_rw(path: Path):
-    """``open(path, "r+b")`` for a regular file; None for anything else in its place (a FIFO
-    cannot be cut — opening one so raises, and reading it would block — and nothing but the
-    engine's own files is cut). FileNotFoundError as ``open``."""
-    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+def _open_to_cut(path: Path):
+    """The file opened read-write, or None when there is none or something other than a
+    regular file is in its place (a FIFO cannot be cut, and reading one would block; nothing
+    but the engine's own files is cut)."""
+    try:
+        return open_regular(path, "r+b")
+    except FileNotFoundError:
         return None
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "r+b")
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return None
+        raise
 
 
 def cut_records_after(path: Path, record: int, step: int) -> int:
     """Cut a file of ``record``-byte float64 records (steps.bin, losses.bin: the step first)
     back to the records of steps up to ``step``. Returns the records removed."""
-    try:
-        f = _open_regular_rw(path)
-        if f is None:
-            return 0
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            whole = size - size % record
-            keep = _first_record_after(f, whole, record, float(step))
-            if keep * record < size:
-                f.truncate(keep * record)  # one truncate: a reader sees the old or the new end
-                os.fsync(f.fileno())
-            return whole // record - keep
-    except FileNotFoundError:
+    f = _open_to_cut(path)
+    if f is None:
         return 0
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        whole = size - size % record
+        keep = _first_record_after(f, whole, record, float(step))
+        if keep * record < size:
+            f.truncate(keep * record)  # one truncate: a reader sees the old or the new end
+            os.fsync(f.fileno())
+        return whole // record - keep
 
 
 def cut_jsonl_after(path: Path, step: int) -> int:
     """Cut evals.jsonl back before its first row of a step above ``step`` (one truncate at a
     line boundary; rows without a step stay, a torn last line goes). Returns the rows removed."""
-    try:
-        f = _open_regular_rw(path)
-        if f is None:
-            return 0
-        with f:
-            offset, cut, removed = 0, None, 0
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    row = None
-                at = row.get("step") if isinstance(row, dict) else None
-                torn = not line.endswith(b"\n")  # the killed attempt's half line goes too
-                if cut is None and (torn or (isinstance(at, (int, float)) and at > step)):
-                    cut = offset
-                if cut is not None:
-                    removed += 1
-                offset += len(line)
-            if cut is not None:
-                f.truncate(cut)
-                os.fsync(f.fileno())
-            return removed
-    except FileNotFoundError:
+    f = _open_to_cut(path)
+    if f is None:
         return 0
+    with f:
+        offset, cut, removed = 0, None, 0
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            at = row.get("step") if isinstance(row, dict) else None
+            torn = not line.endswith(b"\n")  # the killed attempt's half line goes too
+            if cut is None and (torn or (isinstance(at, (int, float)) and at > step)):
+                cut = offset
+            if cut is not None:
+                removed += 1
+            offset += len(line)
+        if cut is not None:
+            f.truncate(cut)
+            os.fsync(f.fileno())
+        return removed
 
 
 def cut_logs_after(folder: Any, step: int) -> dict[str, int]:
