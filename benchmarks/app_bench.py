@@ -14,7 +14,8 @@ compared on the same machine under the same load. Each figure is the median of
 3. start    — `cockpit` in a pseudo-terminal until its first frame: on an empty workspace and
               on one of 500 finished runs (there also: the first rows, and the whole list);
               with each, the CPU time the process had used by its first frame (on a
-              crowded machine the wall time is mostly waiting for a core; the CPU is not).
+              crowded machine the wall time is mostly waiting for a core; the CPU is not);
+              and the floor: a bare Textual app with one widget, started the same way.
 4. CPU      — `cockpit` idle on an empty workspace (baseline); the runs list with 8 fake live
               runs (20 steps/s each, telemetry 1 Hz, evals); one of them open on its curves
               (a fresh run, and one with 50,000 steps of history); nobody typing, measured
@@ -291,6 +292,7 @@ class Terminal:
         rows: int,
         rows_marker: bytes | None = None,
         done_marker: bytes | None = None,
+        argv: list[str] | None = None,
     ):
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -304,7 +306,7 @@ class Terminal:
         self.first_rows: float | None = None
         self.done: float | None = None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cockpit", "--workspace", str(workspace)],
+            argv or [sys.executable, "-m", "cockpit", "--workspace", str(workspace)],
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -469,8 +471,25 @@ def fake_live_runs(workspace: Path, count: int, stop: threading.Event, history: 
         step += 5
 
 
-def start_times(tree: Path, workspace: Path, cols: int, rows_: int, markers=(None, None)) -> dict:
-    term = Terminal(tree, workspace, cols, rows_, *markers)
+BARE_APP = """\
+from textual.app import App
+from textual.widgets import Static
+
+
+class Bare(App):
+    def compose(self):
+        yield Static("cockpit")
+
+
+Bare().run()
+"""
+"""The floor under any Textual app's first frame: Textual's import and start, one widget."""
+
+
+def start_times(
+    tree: Path, workspace: Path, cols: int, rows_: int, markers=(None, None), argv=None
+) -> dict:
+    term = Terminal(tree, workspace, cols, rows_, *markers, argv=argv)
     out = {"first frame": term.wait("first_frame")}
     out["first frame CPU"] = term.first_frame_cpu if term.first_frame_cpu is not None else math.inf
     if markers[0]:
@@ -485,8 +504,12 @@ def bench_start(tmp: Path, trees: dict[str, Path], repeats: int, cols: int, rows
     empty.mkdir()
     many = tmp / "start-500"
     markers = many_runs(many, 500)
+    bare = tmp / "bare_textual_app.py"
+    bare.write_text(BARE_APP)
     got: dict[tuple[str, str], list[dict]] = {}
     for _ in range(repeats):
+        floor = start_times(ROOT, empty, cols, rows_, argv=[sys.executable, str(bare)])
+        got.setdefault(("floor", "empty"), []).append(floor)
         for name, tree in trees.items():  # interleaved: the same load for both
             got.setdefault((name, "empty"), []).append(start_times(tree, empty, cols, rows_))
             got.setdefault((name, "500"), []).append(start_times(tree, many, cols, rows_, markers))
@@ -503,12 +526,22 @@ def bench_start(tmp: Path, trees: dict[str, Path], repeats: int, cols: int, rows
         ("500 runs: first rows", "500", "first rows"),
         ("500 runs: the whole list", "500", "whole list"),
     ]
+    floor, floor_cpu = (
+        med("floor", "empty", "first frame"),
+        med("floor", "empty", "first frame CPU"),
+    )
+    print(
+        "  a bare Textual app (the floor)".ljust(32) + f"{floor:8.2f} s     "
+        f"(Textual's import and start, one Static; CPU {floor_cpu:.2f} s)"
+    )
     base = med("now", "empty", "first frame")
     for label, ws, what in rows_out:
         value = med("now", ws, what)
         line = f"  {label}".ljust(32) + f"{value:8.2f} s "
         if (ws, what) == ("empty", "first frame"):
-            line += "   (baseline)"
+            line += f"   (baseline; the floor +{value - floor:.2f} s)"
+        elif (ws, what) == ("empty", "first frame CPU"):
+            line += f"   (the floor +{value - floor_cpu:.2f} s)"
         elif "CPU" not in what:
             line += f"   {ratio(value, base)}"
         if "before" in trees:
