@@ -477,6 +477,14 @@ def test_without_hold_keeps_everything_else():
     assert launcher.without_hold(None) is None
 
 
+def test_without_hold_takes_the_h_out_of_a_bundle_of_short_flags():
+    # getopt takes `-vH` as -v -H: a fork of a run submitted with it must not be held
+    assert launcher.without_hold(["-vH", "-HQ", "-H"]) == ["-v", "-Q"]
+    assert launcher.without_hold("-HW --qos=high") == ["-W", "--qos=high"]
+    # an H inside an option's attached argument is not a hold: partition "High", job "Hx"
+    assert launcher.without_hold(["-pHigh", "-JHx", "-kH"]) == ["-pHigh", "-JHx", "-kH"]
+
+
 @pytest.mark.parametrize(
     "text, args, message",
     [

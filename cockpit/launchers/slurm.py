@@ -132,6 +132,22 @@ def sbatch_argv(folder: RunFolder, request: dict, preset: dict) -> list[str]:
 HOLD_OPTIONS = ("-H", "--hold", "--hol", "--ho")
 """sbatch's hold (``-H``/``--hold``, and the prefixes of --hold its getopt_long takes)."""
 
+SHORT_FLAGS = frozenset("HhOQsuVvW")
+"""sbatch's short options that take no argument: the letters a bundle such as ``-vH`` may
+hold. Any other letter takes an argument (``-I``/``-k`` an optional one) that is the rest of
+the bundle, which is then kept as it is."""
+
+
+def _unhold_bundle(token: str) -> str | None:
+    """A bundle of short flags (``-HQ``, ``-vH``) without its H: the token to keep, or None
+    when nothing is left. A token that is not only flags (``-pHigh``: partition "High") is
+    kept whole."""
+    letters = token[1:]
+    if not letters or not set(letters) <= SHORT_FLAGS:
+        return token
+    rest = letters.replace("H", "")
+    return f"-{rest}" if rest else None
+
 
 def without_hold(extra: Any) -> Any:
     """A run's ``extra`` sbatch options without ``--hold``/``-H``, everything else kept in order
@@ -141,7 +157,18 @@ def without_hold(extra: Any) -> Any:
         extra = shlex.split(extra)
     if not isinstance(extra, list):
         return extra
-    return [x for x in extra if str(x) not in HOLD_OPTIONS]
+    kept = []
+    for x in extra:
+        token = str(x)
+        if token in HOLD_OPTIONS:
+            continue
+        if token.startswith("-") and not token.startswith("--") and len(token) > 2:
+            unheld = _unhold_bundle(token)
+            if unheld is not None:
+                kept.append(unheld if unheld != token else x)
+            continue
+        kept.append(x)
+    return kept
 
 
 def _job_name(folder: RunFolder, request: dict) -> str:
