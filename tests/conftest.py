@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,12 +15,38 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "presets"
 
+# A suite started in the background of a non-interactive shell (`pytest &` in a script) has
+# SIGINT ignored, and every process it starts would inherit that: the Ctrl-C tests could not
+# interrupt anything. The tests and their processes take SIGINT as a terminal gives it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
+def workspace(tmp_path: Path):
     ws = tmp_path / "runs"
     ws.mkdir()
-    return ws
+    yield ws
+    _stop_leftovers(ws)
+
+
+def _stop_leftovers(ws: Path) -> None:
+    """SIGKILL what a test left running in its workspace (an engine or a tracked script with
+    its workers): a test that fails before its own stop must not leave a million-step run
+    eating a core for the rest of the suite. Never this process or one above it."""
+    import psutil
+
+    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    for proc_json in ws.glob("*/proc.json"):
+        try:
+            info = json.loads(proc_json.read_text())
+            proc = psutil.Process(int(info["pid"]))
+            if proc.pid in spared or abs(proc.create_time() - float(info["create_time"])) > 1:
+                continue
+            for p in [*proc.children(recursive=True), proc]:
+                p.kill()
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            continue
 
 
 def cockpit(

@@ -361,6 +361,10 @@ def test_the_documented_gan_walks_the_ladder_and_logs_both_losses(tmp_path, work
     code, summary, run = run_inprocess(tmp_path / "gan.yaml", workspace)
     assert code == 0, summary
     statuses = {s["name"]: s["status"] for s in summary["stages"]}
+    speed = stage(summary, "speed")
+    if speed["status"] == "warn":  # a machine crowded by other tests: the stage says so
+        assert "not judged" in speed["reason"], speed["reason"]
+        statuses["speed"] = "pass"
     assert statuses == {
         "init": "pass",
         "batch_independence": "skip",
