@@ -253,7 +253,9 @@ class DevicePanel(Vertical):
             title.append(" · sampling…", style="dim")
         elif not latest.gpus:
             title.append(
-                f" · {self.note or 'no GPU here'} — CPU load instead · CPU {latest.cpu:.0f}%",
+                # what the plot shows first; why there is no GPU last, where a narrow panel
+                # cuts the line
+                f" · CPU load instead · CPU {latest.cpu:.0f}% · {self.note or 'no GPU here'}",
                 style="dim",
             )
         else:
