@@ -358,13 +358,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from cockpit.launch import stop_many
+    from cockpit.launch import RunElsewhere, stop_many
     from engine.torchfree.runfolder import display_status, find_run, resolve_workspace
 
     ws = resolve_workspace(args.workspace)
     folders = list({f.path: f for f in (find_run(ws, ref) for ref in args.runs)}.values())
+    code = 0
     for f, (was_running, seconds) in zip(folders, stop_many(folders)):
-        if was_running:
+        if isinstance(was_running, RunElsewhere):
+            print(f"{f.run_id}: not stopped — {was_running}".replace(f" — {f.run_id} ", " — it "))
+            code = 1
+        elif was_running:
             print(
                 f"{f.run_id}: killed in {seconds:.1f} s, its processes gone and its slot free "
                 f"(data kept in {f.path})"
@@ -374,7 +378,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
             print(
                 f"{f.run_id}: not running ({display_status(state.get('status'), state.get('reason'))})"
             )
-    return 0
+    return code
 
 
 def cmd_fork(args: argparse.Namespace) -> int:

@@ -49,6 +49,28 @@ from engine.torchfree.runfolder import (
 GRACE_S = 8.0  # SIGTERM, then SIGKILL: with the reaping after it, a kill stays under 10 s
 
 
+class RunElsewhere(Exception):
+    """The run's engine was started on another machine (a workspace on a shared file
+    system): no process here is its, so only a cockpit on that machine can stop it."""
+
+    def __init__(self, folder: RunFolder, host: str):
+        self.run_id, self.host = folder.run_id, host
+        super().__init__(
+            f"{folder.run_id} runs on {host}, not on this machine ({socket.gethostname()}): "
+            f"stop it there with `ssh {host} cockpit kill {folder.run_id}`"
+        )
+
+
+def elsewhere(folder: RunFolder) -> str | None:
+    """The other machine a live run's engine was started on, or None (here, unrecorded, or
+    the run is over)."""
+    proc = check_proc(folder.proc())
+    host = proc.get("host") if proc else None
+    if not host or host == socket.gethostname():
+        return None
+    return host if folder.summary().get("status") in LIVE else None
+
+
 def create_run(
     workspace: Path,
     preset: Preset,
@@ -250,11 +272,16 @@ def stop(folder: RunFolder, grace: float = GRACE_S, *, force: bool = False) -> b
     SIGTERM to the engine, wait up to ``grace`` seconds for it to finish its step and write
     ``killed``, then SIGKILL whatever of its tree is left (also its process group and the
     processes it recorded in workers.jsonl). A Slurm run is stopped with scancel, from any
-    machine with Slurm's client tools (cockpit/launchers/slurm.py)."""
+    machine with Slurm's client tools (cockpit/launchers/slurm.py). A live run started on
+    another machine raises RunElsewhere and is left as it is: marking it killed here would
+    say it stopped while it trains on."""
     from cockpit.launchers import slurm as slurm_launcher
 
     if slurm_launcher.is_slurm_run(folder):
         return slurm_launcher.stop(folder)
+    host = elsewhere(folder)
+    if host:
+        raise RunElsewhere(folder, host)
     p = engine_process(folder)
     if p is None:
         strays: list[psutil.Process] = []
@@ -294,15 +321,21 @@ def _tidy(folder: RunFolder) -> None:
         release_reserve(folder.path)
 
 
-def stop_many(folders: list[RunFolder], grace: float = GRACE_S) -> list[tuple[bool, float]]:
-    """Stop runs side by side, so N runs take as long as the slowest: (was running, seconds) each."""
+def stop_many(
+    folders: list[RunFolder], grace: float = GRACE_S
+) -> list[tuple[bool | RunElsewhere, float]]:
+    """Stop runs side by side, so N runs take as long as the slowest: (was running, seconds)
+    each — or (RunElsewhere, 0) for a run another machine's cockpit must stop."""
     import threading
 
-    out: list[tuple[bool, float]] = [(False, 0.0)] * len(folders)
+    out: list[tuple[bool | RunElsewhere, float]] = [(False, 0.0)] * len(folders)
 
     def one(i: int) -> None:
         t0 = time.monotonic()
-        out[i] = (stop(folders[i], grace), time.monotonic() - t0)
+        try:
+            out[i] = (stop(folders[i], grace), time.monotonic() - t0)
+        except RunElsewhere as e:
+            out[i] = (e, 0.0)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(folders))]
     for t in threads:

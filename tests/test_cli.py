@@ -266,3 +266,21 @@ def test_engine_never_imports_textual():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_kill_of_a_run_training_on_another_machine_says_where_and_leaves_it_be(workspace):
+    # a workspace on a shared file system (NFS home): the run was started on gpu-node-7
+    from engine.torchfree.runfolder import write_json_atomic
+
+    folder = RunFolder(workspace / "remote-20300101-000800-9998")
+    folder.path.mkdir()
+    folder.write_summary({"run_id": folder.run_id, "preset": "blobs", "status": "running"})
+    write_json_atomic(
+        folder.file("proc.json"), {"pid": 4242, "create_time": 1.0e9, "host": "gpu-node-7"}
+    )
+    r = cockpit("kill", "remote", workspace=workspace)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith(f"{folder.run_id}: not stopped — it runs on gpu-node-7, not on")
+    assert f"ssh gpu-node-7 cockpit kill {folder.run_id}" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    assert folder.summary()["status"] == "running"  # not marked killed while it trains on

@@ -467,8 +467,22 @@ def test_an_engine_on_another_host_is_not_looked_for_here(workspace, engines):
     e = engines(folder)
     write_json_atomic(folder.file("proc.json"), e.record(host="elsewhere"))
     assert launch.engine_process(folder) is None
-    assert launch.stop(folder, grace=0.5) is False
+    with pytest.raises(launch.RunElsewhere, match="run runs on elsewhere, not on this machine"):
+        launch.stop(folder, grace=0.5)
     assert e.running()
+    # not marked killed: the engine over there trains on and writes its own status
+    assert folder.summary()["status"] == "running"
+    [(why, seconds)] = launch.stop_many([folder], grace=0.5)
+    assert isinstance(why, launch.RunElsewhere) and why.host == "elsewhere" and seconds == 0
+    assert "ssh elsewhere cockpit kill run" in str(why)
+
+
+def test_a_finished_run_from_another_host_is_simply_not_running(workspace, engines):
+    folder = a_run(workspace, status="passed")
+    e = engines(folder)
+    write_json_atomic(folder.file("proc.json"), e.record(host="elsewhere"))
+    assert launch.stop(folder, grace=0.5) is False
+    assert folder.summary()["status"] == "passed"
 
 
 def test_no_engine_without_a_usable_record(workspace, others):

@@ -322,10 +322,16 @@ class CockpitApp(App[None]):
 
     @work(thread=True, group="kill")
     def kill(self, run_id: str, folder: RunFolder) -> None:
-        from cockpit.launch import stop
+        from cockpit.launch import RunElsewhere, stop
 
         started = time.monotonic()
-        was_running = stop(folder)
+        try:
+            was_running = stop(folder)
+        except RunElsewhere as e:
+            self.stopping.discard(run_id)
+            self.call_from_thread(self.runs_changed.publish, self.runs)
+            self.call_from_thread(self.notify, str(e), severity="warning", timeout=12)
+            return
         took = time.monotonic() - started
         self.watcher.rescan()
         note = (

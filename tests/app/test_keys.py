@@ -242,6 +242,49 @@ def test_x_asks_n_keeps_y_kills_the_whole_run(lab):
         victim.wait()
 
 
+def test_x_on_a_run_started_on_another_machine_says_where_to_stop_it(lab):
+    # a workspace on a shared file system: the run trains on gpu-node-7, the app runs here
+    from engine.torchfree.runfolder import write_json_atomic
+
+    workspace, _ = lab
+    remote = "remote-20300101-000800-9998"
+    folder = write_run(
+        workspace,
+        RunSpec(
+            remote,
+            status="running",
+            created=T0 - 10,
+            stage_names=["train"],
+            current_stage="train",
+            steps=loss_rows(range(1, 50), 0),
+        ),
+    )
+    write_json_atomic(
+        folder.file("proc.json"), {"pid": 4242, "create_time": T0 - 10, "host": "gpu-node-7"}
+    )
+
+    async def go():
+        app = make_app(workspace)
+        said: list[str] = []
+        app.notify = lambda message, **kw: said.append(str(message))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settled(pilot, RUNS + 1)
+            table = table_of(app)
+            while table.selected_key() != remote:
+                await pilot.press("j")
+            await pilot.press("x")
+            await wait_until(
+                pilot, lambda: isinstance(app.screen, ConfirmKill), what="the question"
+            )
+            await pilot.press("y")
+            await wait_until(pilot, lambda: said, what="a word about the kill")
+            assert "runs on gpu-node-7" in said[-1] and "ssh gpu-node-7 cockpit kill" in said[-1]
+            assert not app.stopping  # not shown as stopping: nothing here stops it
+            assert folder.summary()["status"] == "running"  # not marked killed
+
+    asyncio.run(go())
+
+
 def test_space_marks_and_unmarks(lab):
     workspace, ids = lab
 
