@@ -215,6 +215,7 @@ class Runner:
         write_batches(ctx)  # batches/{train,val}.json: what the model receives (cockpit show)
         self.save(
             device=str(ctx.device),
+            host=socket.gethostname(),  # where it trains: a workspace may be on a shared disk
             task=ctx.task,
             world_size=world_size(preset),
             train_size=len(ctx.data.train),

@@ -333,3 +333,23 @@ def test_process_alive_checks_the_start_time_and_the_host():
     assert rf.process_alive({**proc, "host": socket.gethostname()}) is True
     assert rf.process_alive({**proc, "host": "another-machine"}) is None
     assert rf.process_alive(None) is False and rf.process_alive({"pid": 1}) is False
+
+
+def test_a_run_training_on_another_machine_says_where_in_its_device():
+    # a workspace on a shared file system: the engine wrote its host into summary.json
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = rf.RunFolder(Path(tmp) / "r")
+        folder.path.mkdir()
+        base = {"run_id": "r", "preset": "p", "status": "passed", "device": "cuda:0"}
+        folder.write_summary({**base, "host": "gpu-node-7"})
+        assert folder.snapshot().device == "cuda:0 on gpu-node-7"
+        folder.write_summary({**base, "host": socket.gethostname()})
+        assert folder.snapshot().device == "cuda:0"  # here: nothing to add
+        folder.write_summary(base)  # written before the field existed
+        assert folder.snapshot().device == "cuda:0"
+        folder.write_summary({**base, "host": 7})
+        assert "'host' is a number, expected text or null" in folder.snapshot().reason

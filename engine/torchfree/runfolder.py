@@ -344,6 +344,7 @@ _SUMMARY_FIELDS: dict[str, tuple[str, Any]] = {
     "queue": ("text or null", lambda v: v is None or isinstance(v, str)),
     "queue_position": ("a number or null", lambda v: v is None or _is_number(v)),
     "device": ("text or null", lambda v: v is None or isinstance(v, str)),
+    "host": ("text or null", lambda v: v is None or isinstance(v, str)),
 }
 STATUSES = RunStatus.ALL
 
@@ -826,6 +827,8 @@ class RunFolder:
         if snap.slurm_job:  # the app shows `device`: say where the job runs
             where = f" on {snap.node}" if snap.node else ""
             snap.device = f"{snap.device or 'Slurm'}{where} · job {snap.slurm_job}"
+        elif s.get("host") and s["host"] != socket.gethostname():  # a shared workspace
+            snap.device = f"{snap.device or '?'} on {s['host']}"
         if len(tail):
             step = tail["step"][-1]
             snap.step = int(step) if math.isfinite(step) and 0 <= step < 2**53 else 0
