@@ -494,6 +494,18 @@ def test_the_right_choice_adds_nothing_to_the_summary(scripted):
     assert v.reason.endswith(f"compute alone {secs(0.02)} per batch")
 
 
+def test_compile_asked_for_is_answered_in_the_summary_even_when_nothing_wins(scripted):
+    # `--set speed.compare_compile=true` costs a compilation: the line `cockpit run` prints
+    # must say what came of it, not only the precision check's detail
+    sc = scripted(costs={"bf16": 0.019, "compiled": 0.03})
+    v = sc.run(compare_compile=True)
+    timings = f"fp32 {secs(0.02)}, bf16 autocast {secs(0.019)}, torch.compile (fp32) {secs(0.03)}"
+    assert by_name(v, "precision").detail == f"fp32 is the right choice here ({timings})"
+    assert v.reason.endswith(
+        f"compute alone {secs(0.02)} per batch · no switch saves 15% ({timings}): keep fp32"
+    )
+
+
 def test_a_compiled_preset_is_not_compiled_again(monkeypatch):
     times = {"fp32": 1.0, "bf16": 0.9}
     got, metrics, asked = _precision(monkeypatch, times, compare_compile=True, compiled=True)
