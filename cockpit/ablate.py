@@ -167,6 +167,30 @@ def placement(runs: list[tuple[dict, Preset]], workspace: Path, parallel: int | 
     return parallel or (None if gpus else 1)
 
 
+def room_note(runs: list[tuple[dict, Preset]], workspace: Path, parallel: int) -> str | None:
+    """The header's "N at a time" when this machine's slots, not ``--parallel``, say how many
+    run at once (a 2-core machine has one CPU slot: `--parallel 2` runs them one by one)."""
+    from engine.torchfree import slots
+    from engine.torchfree.slots.words import plural
+
+    try:
+        gpus, cpu = slots.gpu_indices(), slots.cpu_slot_count(workspace)
+        kind, need = slots.demand(runs[0][1].data, gpus, cpu)
+    except (slots.SlotError, IndexError):
+        return None
+    room = (len(gpus) if kind == "gpu" else cpu) // max(1, need)
+    if room >= min(parallel, len(runs)):
+        return None
+    if kind == "gpu":
+        return f"{room} at a time, not {parallel}: this machine has {plural(len(gpus), 'GPU')}"
+    config = Path(workspace) / slots.CONFIG_NAME
+    return (
+        f"{room} at a time, not {parallel}: this machine has {plural(cpu, 'CPU slot')} "
+        f"(${slots.CPU_SLOTS_ENV}={parallel * need} or cpu_slots: {parallel * need} in {config} "
+        f"for {parallel})"
+    )
+
+
 def run_ablation(args: argparse.Namespace) -> int:
     from engine.torchfree.runfolder import new_run_id
 
@@ -203,6 +227,8 @@ def run_ablation(args: argparse.Namespace) -> int:
     cap = f"{parallel} at a time" if parallel else "one per free GPU"
     if slurm and not parallel:
         cap = "as Slurm schedules them"
+    elif parallel and not slurm:
+        cap = room_note(runs, workspace, parallel) or cap
     print(
         f"ablation {group}: {len(folders)} runs of {base.name} ({', '.join(stages)}), {cap} · {workspace}"
     )

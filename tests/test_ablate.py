@@ -353,3 +353,28 @@ def test_tricks_with_a_grid_or_without_tricks_exit_2(workspace):
     )
     assert r.returncode == 2 and "--tricks and --grid do not mix" in r.stderr
     assert runs(workspace) == []
+
+
+def test_the_header_says_when_the_machine_not_parallel_sets_how_many_run_at_once(
+    workspace, monkeypatch
+):
+    # a 2-core machine has one CPU slot: `--parallel 2` would quietly run them one by one
+    from cockpit.ablate import room_note
+    from engine.torchfree import preset as presets
+
+    runs = [({}, presets.load(BLOBS)), ({}, presets.load(BLOBS))]
+    monkeypatch.delenv("COCKPIT_FAKE_GPUS", raising=False)
+    monkeypatch.setenv("COCKPIT_CPU_SLOTS", "1")
+    assert room_note(runs, workspace, 2) == (
+        "1 at a time, not 2: this machine has 1 CPU slot ($COCKPIT_CPU_SLOTS=2 or cpu_slots: 2 "
+        f"in {workspace / 'cockpit.yaml'} for 2)"
+    )
+    monkeypatch.setenv("COCKPIT_CPU_SLOTS", "2")
+    assert room_note(runs, workspace, 2) is None  # room for both
+    assert room_note(runs, workspace, 5) is None  # two runs: two slots are all they can use
+    monkeypatch.setenv("COCKPIT_FAKE_GPUS", "2")
+    gpu_runs = [({}, presets.load(BLOBS, {"gpus": 1}))] * 4
+    assert room_note(gpu_runs, workspace, 4) == "2 at a time, not 4: this machine has 2 GPUs"
+    monkeypatch.setenv("COCKPIT_CPU_SLOTS", "many")  # a bad setting is said where it is used
+    monkeypatch.delenv("COCKPIT_FAKE_GPUS")
+    assert room_note(runs, workspace, 2) is None
