@@ -52,6 +52,23 @@ CASES = {
         "loss_contract",
         "NLLLoss expects log-probabilities",
     ),
+    "softmax_over_the_batch_before_cross_entropy": (
+        {"model": _m("softmax_over_batch_policy"), "data": _m("blobs")},
+        ["init"],
+        "init",
+        "fail",
+        "loss_contract",
+        "the model's softmax normalises over dim 0 — the batch — not over the classes",
+    ),
+    "log_softmax_over_the_batch_into_nll_loss": (
+        {"model": _m("LogSoftmaxOverBatch"), "data": _m("blobs"), "loss": NLL},
+        ["init"],
+        "init",
+        "fail",
+        "loss_contract",
+        "log_softmax normalises over dim 0 — the batch — not over the classes: each class's "
+        "column log-sum-exps to 0 across the",
+    ),
     "logits_into_nll_loss": (
         # https://github.com/yanx27/Pointnet_Pointnet2_pytorch/issues/30
         {"model": _m("MLP"), "data": _m("blobs"), "loss": NLL},
@@ -217,6 +234,34 @@ def test_random_in_eval_mode_is_not_called_batch_mixing(workspace):
     assert check(bi, "gradient_isolation")["status"] == "pass"
     assert check(bi, "alone_vs_batch")["status"] == "skip"
     assert "mix" not in bi["reason"]
+
+
+def test_a_batch_normalised_output_is_not_blamed_on_the_initialisation(workspace):
+    # its loss at init is ln(batch) rather than ln(C): "scale down the last layer" would send
+    # the person to the wrong line
+    _, summary, _ = run_inprocess(
+        BASE,
+        workspace,
+        overrides=CASES["log_softmax_over_the_batch_into_nll_loss"][0],
+        stages=["init"],
+    )
+    at_init = check(stage(summary, "init"), "loss_at_init")
+    assert at_init["status"] == "warn"
+    assert "the output's form above explains it" in at_init["detail"]
+    assert "scale down" not in at_init["detail"]
+
+
+def test_float_inputs_mixed_in_the_batch_are_not_called_token_ids(workspace):
+    # the softmax(dim=0) policy read by batch_independence alone: its inputs are floats
+    _, summary, _ = run_inprocess(
+        BASE,
+        workspace,
+        overrides=CASES["softmax_over_the_batch_before_cross_entropy"][0],
+        stages=["batch_independence"],
+    )
+    bi = stage(summary, "batch_independence")
+    assert bi["status"] == "fail" and "depends on sample" in bi["reason"]
+    assert "token ids" not in bi["reason"] and "embedding" not in bi["reason"]
 
 
 def test_token_batch_mixing_fails_without_gradients_too(workspace):

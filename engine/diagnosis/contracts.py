@@ -134,6 +134,11 @@ class OutputForm:
     probabilities: bool  # in [0, 1], summing to 1 along dim 1
     log_probabilities: bool  # <= 0, log-sum-exp 0 along dim 1
     zeros: float  # share of outputs exactly 0 (a ReLU's mark)
+    over_batch: str | None = None
+    """'probabilities' / 'log-probabilities' when the outputs are normalised along dim 0 —
+    across the batch — and not along the classes: a softmax(dim=0), or an implicit dim that
+    picked 0 (nn.Softmax() on a 3-D output)."""
+    batch: int = 0
 
     @property
     def unit_interval(self) -> bool:
@@ -151,12 +156,31 @@ def output_form(out: torch.Tensor) -> OutputForm:
     o = out.detach().cpu().double()  # a probe batch: small; float64 for exact row sums
     lo, hi = float(o.min()), float(o.max())
     probs = logp = False
+    over_batch = None
     if o.ndim >= 2 and o.shape[1] >= 2:
         if lo >= -1e-6 and hi <= 1 + 1e-6:
             probs = bool(((o.sum(1) - 1).abs() < 1e-3).all())
         if hi <= 1e-6:
             logp = bool((torch.logsumexp(o, 1).abs() < 1e-3).all())
-    return OutputForm(final_op(out), lo, hi, probs, logp, float((o == 0).double().mean()))
+        if not (probs or logp) and o.shape[0] >= 2:
+            if lo >= -1e-6 and hi <= 1 + 1e-6 and bool(((o.sum(0) - 1).abs() < 1e-3).all()):
+                over_batch = "probabilities"
+            elif hi <= 1e-6 and bool((torch.logsumexp(o, 0).abs() < 1e-3).all()):
+                over_batch = "log-probabilities"
+    zeros = float((o == 0).double().mean())
+    return OutputForm(final_op(out), lo, hi, probs, logp, zeros, over_batch, int(o.shape[0]))
+
+
+def over_batch_words(form: OutputForm, name: str, fix: str) -> str:
+    """The outputs are normalised across the batch: what that does, and ``fix``."""
+    layer = form.op or ("log_softmax" if form.over_batch == "log-probabilities" else "softmax")
+    sums = "log-sum-exps to 0" if form.over_batch == "log-probabilities" else "sums to 1"
+    return (
+        f"the model's {layer} normalises over dim 0 — the batch — not over the classes: each "
+        f"class's column {sums} across the {form.batch} samples while no sample's row does, so "
+        f"every sample's output depends on the rest of its batch and {name} scores nonsense "
+        f"— {fix}"
+    )
 
 
 # ---- targets ----------------------------------------------------------------------------
@@ -273,6 +297,14 @@ def check_contract(task: str, loss_fn: nn.Module, out: torch.Tensor, y: torch.Te
     form = output_form(out)
     classes = out.shape[1] if out.ndim >= 2 else 1
     ends = f"the model ends in {form.op}" if form.op else None
+    if form.over_batch and name in CLASS_LOSSES and classes >= 2:
+        fix = (
+            "CrossEntropyLoss applies log-softmax over the classes itself: remove the "
+            f"{form.op or 'softmax'} and return raw logits"
+            if name == "CrossEntropyLoss"
+            else "normalise over the classes: LogSoftmax(dim=1) / F.log_softmax(x, dim=1)"
+        )
+        return Check("loss_contract", "fail", over_batch_words(form, name, fix))
     if name == "CrossEntropyLoss" and classes >= 2:
         if form.probabilities or (form.op == "sigmoid" and form.unit_interval):
             what = ends or f"the outputs are already {form.words()}"

@@ -87,7 +87,9 @@ class BatchIndependenceStage(Stage):
             return from_checks(
                 checks, metrics, f"{b} samples: outputs alone and in the batch agree"
             )
-        via = "" if wrt is x else " (at the embedding output: the inputs are token ids)"
+        via = (
+            "" if x.is_floating_point() else " (at the embedding output: the inputs are token ids)"
+        )
         g = torch.Generator(device="cpu").manual_seed(ctx.seed)
         worst_leak, culprit = 0.0, None
         for i in sorted({0, b - 1}):

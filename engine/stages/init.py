@@ -115,7 +115,18 @@ class InitStage(Stage):
         checks.append(self.check_tricks(ctx, model, optimizer))
         checks.append(health.check_frozen(model, s))
         checks.append(health.check_optimizer(model, optimizer))
-        checks.append(self.check_loss_at_init(ctx, model, task, classes, metrics))
+        loss_check = self.check_loss_at_init(ctx, model, task, classes, metrics)
+        contract = next((c for c in checks if c.name == "loss_contract"), None)
+        if contract is not None and contract.status == "fail" and loss_check.status == "warn":
+            # the output's form explains the loss: advice about the initialisation would send
+            # the person to the wrong line
+            loss_check = Check(
+                "loss_at_init",
+                "warn",
+                loss_check.detail.split(":", 1)[0] + ": the output's form above explains it, "
+                "not the initialisation",
+            )
+        checks.append(loss_check)
         activations = health.ActivationProbe(model)
         with activations.hooked():
             checks.append(health.check_gradients(ctx.loss_fn, model, probe_x, probe_y))

@@ -205,6 +205,29 @@ class SoftmaxHead(MLP):
         return self.head(super().forward(x))
 
 
+def softmax_over_batch_policy(in_dim: int = 16, hidden: int = 32, classes: int = 4):
+    """``nn.Softmax(dim=0)`` closing a Sequential fed batches: the probabilities run down the
+    batch, not across the actions.
+    https://github.com/DeepReinforcementLearning/DeepReinforcementLearningInAction/issues/32
+    (the book's ch. 4 policy network, as printed), also https://github.com/Lackel/DPN/issues/1"""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, classes), nn.Softmax(dim=0)
+    )
+
+
+class LogSoftmaxOverBatch(MLP):
+    """``LogSoftmax(dim=0)`` on an (N, C) output into NLLLoss: the log-probabilities of each
+    class over the batch. https://github.com/EasonApolo/mstn/issues/5 ('as the input is N*C, why
+    is the Softmax applied to the 0-dimension?'), https://github.com/d2l-ai/d2l-en/pull/2274"""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.head = nn.LogSoftmax(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(super().forward(x))
+
+
 class SigmoidLogit(MLP):
     """``nn.Sequential(nn.Linear(dim, 1), nn.Sigmoid())`` fed to BCEWithLogitsLoss.
     https://github.com/cvg/glue-factory/issues/89, https://github.com/yudi-mars/daisyRec/pull/15
