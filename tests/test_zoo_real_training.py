@@ -100,6 +100,22 @@ CASES = {
         "status": "fail",
         "words": ["frozen (requires_grad=False)"],
     },
+    # https://github.com/wandb/senpai/pull/978 ("100% of training batches are clipped ... The
+    # effective step size is ~20x lower than what the LR implies"); https://github.com/facebookresearch/detr/issues/198
+    # (clip_max_norm=0.1 against gradient norms of 10-100): a clip far under the gradient's own
+    # norm, with SGD (Adam would undo it), is a learning rate divided by the ratio — the
+    # verdict must blame the clip, not tell the person to raise a learning rate that is fine
+    "gradient_clipped_to_nothing": {
+        "overrides": {
+            "grad_clip": 1e-4,
+            "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1},
+        },
+        "stages": ["overfit_one"],
+        "stage": "overfit_one",
+        "status": "fail",
+        "words": ["because grad_clip 0.0001 cut the gradient's norm to 0.0001", "remove grad_clip"],
+        "not_words": ["far too low", "lr_find"],
+    },
     # https://github.com/Lornatang/SRGAN-PyTorch/issues/1 ("they are called at each training
     # step which means that learning rate is quickly becoming zero"); https://github.com/hazdzz/stgcn/issues/18
     "scheduler_stepped_per_batch": {
@@ -350,3 +366,21 @@ def test_input_blind_baseline_loss_is_the_class_prior_entropy():
     ty, vy = torch.randn(200) * 3 + 1, torch.randn(100) * 3 + 1
     mse = blind_loss(nn.MSELoss(), "regression", ty, vy, ())
     assert mse == pytest.approx(float(((vy - ty.mean()) ** 2).mean()), rel=1e-5)
+
+
+def test_a_gradient_is_called_clipped_only_when_every_step_sat_at_the_limit():
+    from engine.diagnosis.updates import UpdateReport, stalled_diagnosis
+
+    # per step, per layer: the whole norm is the root of the squares (0.6, 0.8 -> 1.0)
+    at_limit = UpdateReport(
+        layers=["a", "b"], ratios=[[1e-7, 1e-7]] * 3, grad_norms=[[0.6, 0.8]] * 3, steps=3
+    )
+    assert at_limit.clipped_to(1.0) and not at_limit.clipped_to(None)
+    assert not at_limit.clipped_to(2.0)  # under the limit: the clip did nothing
+    once = UpdateReport(
+        layers=["a", "b"], ratios=[[1e-7, 1e-7]] * 2, grad_norms=[[0.6, 0.8], [3.0, 4.0]], steps=2
+    )
+    assert not once.clipped_to(1.0)  # one step above it: not the clip holding every step
+    said = stalled_diagnosis(at_limit, 0.1, 1.0)
+    assert "because grad_clip 1 cut the gradient's norm to 1" in said and "far too low" not in said
+    assert "the learning rate 0.1 is far too low" in stalled_diagnosis(at_limit, 0.1, None)

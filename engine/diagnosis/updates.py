@@ -55,6 +55,14 @@ class UpdateReport:
         vals = [r for row in self.ratios for r in row if math.isfinite(r)]
         return max(vals) if vals else math.nan
 
+    def clipped_to(self, limit: float | None) -> bool:
+        """Every recorded step's whole gradient norm sat at ``limit``: clip_grad_norm_ cut it
+        each time (the optimizer's hooks see the gradient after the clip)."""
+        if not limit or not self.grad_norms:
+            return False
+        totals = [math.sqrt(sum(g * g for g in row if math.isfinite(g))) for row in self.grad_norms]
+        return all(abs(t - limit) <= 0.02 * limit for t in totals)
+
     def died(self) -> list[tuple[str, float, float]]:
         """ReLU layers where most units died during the first steps."""
         return [(name, a, b) for name, (a, b) in self.dead.items() if b >= 0.8 and b - a >= 0.3]
@@ -203,8 +211,9 @@ def lr_diagnosis(rep: UpdateReport, lr: float) -> str | None:
     return None
 
 
-def stalled_diagnosis(rep: UpdateReport, lr: float) -> str | None:
-    """A sentence when the weights barely change: frozen, lr 0 or far too low, not optimised."""
+def stalled_diagnosis(rep: UpdateReport, lr: float, grad_clip: float | None = None) -> str | None:
+    """A sentence when the weights barely change: frozen, lr 0 or far too low, gradients
+    clipped to nothing, not optimised."""
     if rep.frozen_share >= 0.999 or (not rep.layers and not rep.not_in_optimizer):
         return (
             "every parameter is frozen (requires_grad=False), so nothing can learn: unfreeze the "
@@ -219,7 +228,15 @@ def stalled_diagnosis(rep: UpdateReport, lr: float) -> str | None:
     if lr == 0 or (rep.ratios and med == 0):
         return "no weight changed in the first steps: the learning rate is 0"
     parts = []
-    if math.isfinite(med) and med < 1e-5:
+    if math.isfinite(med) and med < 1e-5 and rep.clipped_to(grad_clip):
+        parts.append(
+            f"updates move weights by {med:.1e} of their size per step (healthy ~1e-3) because "
+            f"grad_clip {grad_clip:g} cut the gradient's norm to {grad_clip:g} at every one of "
+            f"the first {rep.steps} steps: the clip, not the learning rate {lr:g}, holds the "
+            "model still — remove grad_clip while the ladder runs (a trick for later), or raise "
+            "it to about the gradient's own norm"
+        )
+    elif math.isfinite(med) and med < 1e-5:
         parts.append(
             f"updates move weights by {med:.1e} of their size per step (healthy ~1e-3): the learning "
             f"rate {lr:g} is far too low — raise it 10–100×"

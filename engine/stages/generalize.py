@@ -176,7 +176,7 @@ class GeneralizeStage(Stage):
         falling = _still_falling(result, evals, base_loss, lr, self.name)
         if falling:
             return "warn", falling
-        stalled = stalled_diagnosis(report, lr0)
+        stalled = stalled_diagnosis(report, lr0, ctx.preset.get("grad_clip"))
         if stalled:
             return "fail", f"the model barely learned in {result.steps} steps: {stalled}"
         fell = first - tail_mean(train)

@@ -208,12 +208,18 @@ class OverfitStage(Stage):
             )
         # flat or barely moving: evidence first — weights that do not move, a wrecking
         # learning rate, a recognisable floor, an output that ignores the input
-        stalled = stalled_diagnosis(report, lr) if shape.kind == "barely" else None
+        stalled = (
+            stalled_diagnosis(report, lr, ctx.preset.get("grad_clip"))
+            if shape.kind == "barely"
+            else None
+        )
         if stalled:
             return (
                 "fail",
                 f"the loss barely moved on {what}: {curve} in {result.steps} steps; {stalled}"
-                + (_lr_find_hint(ctx) if "learning rate" in stalled else ""),
+                + (
+                    _lr_find_hint(ctx) if "far too low" in stalled or "rate is 0" in stalled else ""
+                ),
             )
         why = lr_diagnosis(report, lr)
         if why:
