@@ -810,3 +810,23 @@ def test_accuracy_must_clear_the_baseline_by_its_interval():
             "mae", {"mae": 0.5}, {"mae": ref}, torch.full((50,), 0.5), {}
         )
         assert check_.status == status, (ref, check_)
+
+
+@pytest.mark.parametrize("factor, status", [(0.97, "warn"), (1.03, "pass")])
+def test_inputs_are_tiny_just_under_the_scale_not_at_it(factor, status):
+    import torch
+
+    from engine.diagnosis.datastats import check_scale, tiny
+    from engine.torchfree.ladder import InitSettings
+
+    s = InitSettings()
+    # every feature's |mean| + spread at factor × tiny_scale: mean 0.5 of it, spread 0.5
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 8, generator=g)
+    x = (x - x.mean(0)) / x.std(0)
+    x = s.tiny_scale * factor * 0.5 * (x + 1.0)
+    got = check_scale(x, s)
+    assert got.status == status, got.detail
+    assert (tiny(x, s) is not None) == (status == "warn")
+    if status == "warn":
+        assert got.detail.startswith("train inputs are tiny:")

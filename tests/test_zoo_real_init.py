@@ -119,6 +119,14 @@ CASES = {
         "input_scale",
         "divide by 255",
     ),
+    "pixels_divided_by_255_twice": (
+        {"model": _m("MLP", in_dim=144, outputs=2), "data": _m("pixels_divided_twice")},
+        ["init"],
+        "init",
+        "warn",
+        "input_scale",
+        "pixels divided by 255 twice? ToTensor already scales to [0, 1]",
+    ),
     "optimizer_on_last_layer_only": (
         {"optimizer": _m("last_layer_sgd", lr=0.01)},
         ["init"],

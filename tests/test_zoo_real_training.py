@@ -116,6 +116,16 @@ CASES = {
         "words": ["because grad_clip 0.0001 cut the gradient's norm to 0.0001", "remove grad_clip"],
         "not_words": ["far too low", "lr_find"],
     },
+    # inputs scaled down twice (tests/zoo/real_training.py cites the reports): the outputs
+    # ignore the inputs, and the reason must say why — not "look for a detached input"
+    "inputs_scaled_down_twice": {
+        "overrides": {"data._target_": f"{RT}.blobs_scaled_down_twice"},
+        "stages": ["overfit_few"],
+        "stage": "overfit_few",
+        "status": "fail",
+        "words": ["the output does not depend on the input", "the inputs are tiny (spread"],
+        "not_words": ["dropped, zeroed or detached"],
+    },
     # https://github.com/Lornatang/SRGAN-PyTorch/issues/1 ("they are called at each training
     # step which means that learning rate is quickly becoming zero"); https://github.com/hazdzz/stgcn/issues/18
     "scheduler_stepped_per_batch": {

@@ -113,6 +113,16 @@ def check_splits(xt: torch.Tensor, xv: torch.Tensor, settings) -> Check:
     return Check("train_val_inputs", "fail" if gross else "warn", who)
 
 
+def tiny(xt: torch.Tensor, settings) -> float | None:
+    """The pooled spread of float inputs whose every unit stays under ``tiny_scale`` (a
+    scale applied twice), else None."""
+    if not xt.is_floating_point():
+        return None
+    mean, std, _ = unit_stats(xt)
+    top = float((mean.abs() + std).max())
+    return _pooled(xt)[1] if 0 < top < settings.tiny_scale else None
+
+
 def check_scale(xt: torch.Tensor, settings) -> Check:
     """Raw inputs far from normalised: 0-255 pixels, unscaled tabular features."""
     if not xt.is_floating_point():
@@ -133,6 +143,20 @@ def check_scale(xt: torch.Tensor, settings) -> Check:
             f"spread {fmt(s)} ({hint} each {unit} to mean 0, spread 1 with the train statistics): "
             "large inputs saturate activations and need a tiny learning rate (ignore this if "
             "the model normalises its input itself)",
+        )
+    if 0 < top < settings.tiny_scale:
+        hint = (
+            "pixels divided by 255 twice? ToTensor already scales to [0, 1]"
+            if lo >= 0 and hi <= 1 / 255 + 1e-6
+            else "a scale applied twice, or a unit mix-up?"
+        )
+        return Check(
+            "input_scale",
+            "warn",
+            f"train inputs are tiny: values {fmt(lo)}..{fmt(hi)}, mean {fmt(m)}, spread {fmt(s)} "
+            f"({hint}): next to the first layer's bias the samples look almost alike, so the "
+            f"model learns like one that ignores its input — normalise each {unit} to mean 0, "
+            "spread 1 with the train statistics",
         )
     live = std[std > 1e-8]
     if unit == "feature" and len(live) >= 2:

@@ -352,9 +352,25 @@ class OverfitFewStage(OverfitStage):
             return (
                 f"the output does not depend on the input: all {len(x)} samples get the same "
                 f"prediction ({ev}), so only their average can be fit{also} — {shape.curve()}; "
-                f"look for an input that is dropped, zeroed or detached in forward"
+                + _blind_cause(ctx, x)
             )
         return None
+
+
+def _blind_cause(ctx, x) -> str:
+    """Where to look when the outputs ignore the inputs: tiny inputs (a scale applied twice)
+    look alike to the first layer; else the input is lost in forward."""
+    from engine.diagnosis.datastats import tiny
+    from engine.torchfree.ladder import stage_settings
+
+    if isinstance(x, torch.Tensor) and x.ndim >= 2:
+        spread = tiny(x, stage_settings("init", ctx.preset.stage_values("init")))
+        if spread is not None:
+            return (
+                f"the inputs are tiny (spread {fmt(spread)}), so every sample looks alike next "
+                "to the first layer's bias — normalise them to mean 0, spread 1"
+            )
+    return "look for an input that is dropped, zeroed or detached in forward"
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,9 @@ class InitSettings:
     raw_scale: float = _f(
         20.0, "warn when a train feature or channel reaches |mean| + spread above this"
     )
+    tiny_scale: float = _f(
+        0.01, "warn when every train feature or channel stays under |mean| + spread of this"
+    )
     feature_scale_ratio: float = _f(
         1000.0, "warn when tabular feature spreads differ by more than this"
     )

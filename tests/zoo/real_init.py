@@ -104,6 +104,15 @@ def raw_pixels(**kw) -> tuple:
     return images(raw=True, **kw)
 
 
+def pixels_divided_twice(**kw) -> tuple:
+    """Images already in [0, 1] (ToTensor divides by 255) divided by 255 again: every pixel
+    in [0, 1/255]. https://github.com/facebookresearch/InterHand2.6M/issues/110 ("takes the
+    pixel value to a very small value between 0 and 1/255"),
+    https://github.com/SYSU-SAIL/SOF-VSR/issues/14 ("You normalize the LR tensors twice")"""
+    train, val = images(**kw)
+    return tuple(TensorDataset(ds.tensors[0] / 255.0, ds.tensors[1]) for ds in (train, val))
+
+
 def tokens(
     n_train: int = 256, n_val: int = 128, seq: int = 12, vocab: int = 40, classes: int = 4, seed=0
 ):

@@ -46,6 +46,15 @@ def standardized_regression(n_train: int = 512, n_val: int = 256, dim: int = 8, 
     return TensorDataset(*draw(n_train)), TensorDataset(*draw(n_val))
 
 
+def blobs_scaled_down_twice(**kw):
+    """Features divided by 255 twice over (a [0, 1] scaling applied on top of one already
+    done, as in https://github.com/SYSU-SAIL/SOF-VSR/issues/14 and
+    https://github.com/facebookresearch/InterHand2.6M/issues/110, taken to where the net can
+    no longer tell samples apart)."""
+    train, val = blobs(**kw)
+    return tuple(TensorDataset(ds.tensors[0] / 255.0 / 255.0, ds.tensors[1]) for ds in (train, val))
+
+
 def blobs_train_labels_shuffled(**kw):
     """The train labels shuffled on their own, apart from the inputs (two shuffles)."""
     train, val = blobs(**kw)
