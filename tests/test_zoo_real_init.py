@@ -272,6 +272,26 @@ def test_float_inputs_mixed_in_the_batch_are_not_called_token_ids(workspace):
     assert "token ids" not in bi["reason"] and "embedding" not in bi["reason"]
 
 
+def test_float64_inputs_from_numpy_are_named_with_the_fix(workspace):
+    code, summary, _ = run_inprocess(
+        BASE, workspace, overrides={"data": _m("float64_from_numpy")}, stages=["init"]
+    )
+    reason = stage(summary, "init")["reason"]
+    assert code == 1
+    assert "the inputs are float64 (numpy's default: torch.from_numpy keeps it)" in reason
+    assert "return x.float() from the dataset" in reason
+
+
+def test_a_one_output_classifier_of_two_classes_is_told_to_output_two(workspace):
+    # nn.Linear(hidden, 1) with CrossEntropyLoss and labels 0/1
+    code, summary, _ = run_inprocess(
+        BASE, workspace, overrides={"model.classes": 1, "data.classes": 2}, stages=["init"]
+    )
+    detail = check(stage(summary, "init"), "target_range")["detail"]
+    assert code == 1
+    assert "but the model outputs 1 class (ids 0..0): set the model's output size to 2" in detail
+
+
 def test_token_batch_mixing_fails_without_gradients_too(workspace):
     _, summary, _ = run_inprocess(
         BASE,

@@ -42,9 +42,29 @@ def _probe(model: nn.Module, x):
     except Exception as e:
         raise UserCodeError(
             f"the model fails on a batch of train inputs {tuple(x.shape)}: {type(e).__name__}: {e}"
+            + _dtype_hint(model, x, e)
         ) from e
     finally:
         model.train()
+
+
+def _dtype_hint(model: nn.Module, x, error: Exception) -> str:
+    """The fix when the inputs' float type is not the weights' (numpy's float64 kept by
+    torch.from_numpy, or torch.tensor on a numpy array, against float32 weights)."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if not isinstance(x, torch.Tensor) or weight is None or not x.is_floating_point():
+        return ""
+    words = str(error).lower()
+    if x.dtype == weight.dtype or not ("dtype" in words or "scalar type" in words):
+        return ""
+    xt, wt = str(x.dtype).removeprefix("torch."), str(weight.dtype).removeprefix("torch.")
+    origin = " (numpy's default: torch.from_numpy keeps it)" if x.dtype == torch.float64 else ""
+    return (
+        f" — the inputs are {xt}{origin} and the weights {wt}: return x.float() from the "
+        "dataset (or convert the array with .astype('float32'))"
+        if wt == "float32"
+        else f" — the inputs are {xt} and the weights {wt}: make them the same dtype"
+    )
 
 
 def _human(n: int) -> str:
@@ -284,7 +304,8 @@ class InitStage(Stage):
             return Check(
                 "target_range",
                 "fail",
-                f"targets range over {lo}..{hi}, but the model outputs {classes} classes (ids 0..{classes - 1}): "
+                f"targets range over {lo}..{hi}, but the model outputs "
+                f"{classes} class{'es' if classes != 1 else ''} (ids 0..{classes - 1}): "
                 f"set the model's output size to {max(hi + 1, classes)}, or remap the labels",
             )
         return Check(

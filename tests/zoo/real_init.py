@@ -113,6 +113,24 @@ def pixels_divided_twice(**kw) -> tuple:
     return tuple(TensorDataset(ds.tensors[0] / 255.0, ds.tensors[1]) for ds in (train, val))
 
 
+def float64_from_numpy(n_train: int = 512, n_val: int = 256, dim: int = 16, seed: int = 0):
+    """Features made with numpy and wrapped with torch.from_numpy, which keeps numpy's
+    float64: the float32 model fails on them. https://github.com/OUCMachineLearning/OUCML/issues/24
+    (`torch.from_numpy(np.random.normal(0, 1, (num_examples, num_inputs)))`),
+    https://github.com/theislab/scarches/issues/195"""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (4, dim))
+
+    def draw(n: int):
+        y = rng.integers(0, 4, n)
+        x = centres[y] + 0.5 * rng.normal(0, 1, (n, dim))
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    return TensorDataset(*draw(n_train)), TensorDataset(*draw(n_val))
+
+
 def tokens(
     n_train: int = 256, n_val: int = 128, seq: int = 12, vocab: int = 40, classes: int = 4, seed=0
 ):
