@@ -516,3 +516,25 @@ def test_a_drifted_val_mean_warns_but_a_different_scale_fails():
     raw = 80 * torch.rand(256, 4, generator=g) + 100  # same data, never normalised
     assert check_splits(train, raw, InitSettings()).status == "fail"
     assert check_splits(train, torch.randn(256, 4, generator=g), InitSettings()).status == "pass"
+
+
+@pytest.mark.parametrize(
+    "shape, words",
+    [
+        # https://github.com/torchgeo/terratorch/pull/753 ("targets of size: [64, 1, 224, 224]")
+        ((2, 1, 8, 8), "keeps a channel dim of 1 — return mask.squeeze(0)"),
+        # https://github.com/milesial/Pytorch-UNet/issues/373 ("[1, 215, 245, 3]": "making sure
+        # my masks files only had 1 channel and not 3"), open-mmlab/mmsegmentation#3055
+        ((2, 8, 8, 3), "the mask was read as a colour image (3 channels last)"),
+    ],
+)
+def test_a_segmentation_mask_of_the_wrong_shape_says_what_happened_to_it(shape, words):
+    import torch
+    from torch import nn
+
+    from engine.diagnosis.contracts import check_format
+
+    x, y = torch.randn(2, 3, 8, 8), torch.zeros(shape, dtype=torch.long)
+    got = check_format("segmentation", x, y, nn.CrossEntropyLoss())
+    assert got.status == "fail" and words in got.detail, got.detail
+    assert got.detail.startswith("segmentation targets must be (H, W) masks of class ids")

@@ -258,10 +258,20 @@ def check_format(task: str, x, y, loss_fn: nn.Module) -> Check:
             "per sample; one-hot targets? return the index (argmax) instead",
         )
     if task == "segmentation" and y.ndim != 3:
+        fix = ""
+        if y.ndim == 4 and y.shape[1] == 1:
+            fix = ": the mask keeps a channel dim of 1 — return mask.squeeze(0) from the dataset"
+        elif y.ndim == 4 and y.shape[-1] in (3, 4):
+            fix = (
+                f": the mask was read as a colour image ({y.shape[-1]} channels last) — read "
+                "it as one channel of class ids (Image.open(path) without .convert('RGB'), or "
+                "mask[..., 0] when the channels repeat the id)"
+            )
         return Check(
             "data_format",
             "fail",
-            f"segmentation targets must be (H, W) masks of class ids, got shape {tuple(y.shape[1:])} per sample",
+            f"segmentation targets must be (H, W) masks of class ids, got shape "
+            f"{tuple(y.shape[1:])} per sample{fix}",
         )
     return Check("data_format", "pass", desc)
 
