@@ -127,6 +127,17 @@ CASES = {
         "input_scale",
         "pixels divided by 255 twice? ToTensor already scales to [0, 1]",
     ),
+    "mse_loss_on_class_ids": (
+        # https://github.com/likyoo/change_detection.pytorch/issues/5 (an element-wise loss on
+        # class-id labels: "The size of tensor a (2) must match the size of tensor b (8)")
+        {"loss": {"_target_": "torch.nn.MSELoss"}},
+        ["init"],
+        "init",
+        "fail",
+        "data_format",
+        "MSELoss compares the outputs with the targets element by element, but the targets are "
+        "class ids",
+    ),
     "optimizer_on_last_layer_only": (
         {"optimizer": _m("last_layer_sgd", lr=0.01)},
         ["init"],

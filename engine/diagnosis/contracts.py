@@ -223,6 +223,15 @@ def check_format(task: str, x, y, loss_fn: nn.Module) -> Check:
             )
         return Check("data_format", "pass", desc)
     kind = target_kind(y, loss_fn)
+    if name in REGRESSION_LOSSES and kind == "class_ids":
+        return Check(
+            "data_format",
+            "fail",
+            f"{name} compares the outputs with the targets element by element, but the targets "
+            f"are class ids ({_dtype(y)}, {tuple(y.shape[1:]) or 'one'} per sample) for task: "
+            f"{task}: use CrossEntropyLoss (the {task} default: drop `loss:`), or one-hot float "
+            "targets if a squared error is what you mean",
+        )
     if name in BINARY_LOSSES:
         if kind == "class_ids":
             return Check(
