@@ -146,15 +146,17 @@ def collect_targets(
     """Targets of up to ``limit`` samples without decoding inputs where the dataset allows it:
     a TensorDataset's tensor, a torchvision-style ``targets`` attribute; else read through a
     DataLoader (with the preset's workers) from an evenly spread subset."""
+    n = min(len(dataset), limit)
+    # evenly spread, not the first ``limit``: a dataset sorted by label would show one class
+    idx = torch.linspace(0, len(dataset) - 1, n).long().unique() if n else torch.zeros(0).long()
     tensors = getattr(dataset, "tensors", None)
     if tensors is not None and len(tensors) >= 2:
-        return tensors[1][:limit]
+        return tensors[1][idx]
     targets = getattr(dataset, "targets", None)
     if targets is not None and len(targets) == len(dataset):
-        return torch.as_tensor(targets)[:limit]
+        return torch.as_tensor(targets)[idx]
     from torch.utils.data import DataLoader, Subset
 
-    n = min(len(dataset), limit)
-    idx = torch.linspace(0, len(dataset) - 1, n).long().unique().tolist()
+    idx = idx.tolist()
     loader = DataLoader(Subset(dataset, idx), batch_size=64, **(loader_kwargs or {}))
     return torch.cat([torch.as_tensor(y) for _, y in loader])

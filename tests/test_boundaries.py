@@ -830,3 +830,34 @@ def test_inputs_are_tiny_just_under_the_scale_not_at_it(factor, status):
     assert (tiny(x, s) is not None) == (status == "warn")
     if status == "warn":
         assert got.detail.startswith("train inputs are tiny:")
+
+
+@pytest.mark.parametrize("moved, status", [(0.49, "pass"), (0.51, "warn")])
+def test_split_classes_warn_just_past_the_shift_not_before(moved, status):
+    # train: half class 0, half class 1; val: the same, with `moved` of it turned into class 2
+    # (a class train also holds, so only the shift decides): total variation = moved
+    from types import SimpleNamespace
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from engine.diagnosis.datastats import check_split_classes
+    from engine.torchfree.ladder import InitSettings
+
+    s = InitSettings()
+    assert s.split_class_shift == 0.5
+    n = 200
+    yt = torch.tensor([0, 1] * (n // 2) + [2])  # one sample of class 2: not unseen
+    k = round(moved * n)
+    yv = torch.cat([torch.tensor([0, 1] * ((n - k) // 2)), torch.full((k,), 2)])
+    ctx = SimpleNamespace(
+        data=SimpleNamespace(
+            train=TensorDataset(torch.zeros(len(yt), 2), yt),
+            val=TensorDataset(torch.zeros(len(yv), 2), yv),
+        ),
+        preset={},
+    )
+    metrics: dict = {}
+    got = check_split_classes(ctx, "classification", 3, metrics, s)
+    assert got.status == status, (got.detail, metrics)
+    assert metrics["split_class_shift"] == pytest.approx(moved, abs=0.01)

@@ -138,6 +138,16 @@ CASES = {
         "MSELoss compares the outputs with the targets element by element, but the targets are "
         "class ids",
     ),
+    "val_cut_from_data_sorted_by_label": (
+        {"model": _m("MLP", outputs=5), "data": _m("sorted_then_last_fifth_as_val")},
+        ["init"],
+        "init",
+        "fail",
+        "split_classes",
+        "class 4 is 100% of val and 0% of train (the class shares differ by 100%); class 4 "
+        "appears in val but never in train's 800 samples read: a dataset sorted by label and cut "
+        "without shuffling?",
+    ),
     "optimizer_on_last_layer_only": (
         {"optimizer": _m("last_layer_sgd", lr=0.01)},
         ["init"],

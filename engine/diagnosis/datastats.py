@@ -173,6 +173,51 @@ def check_scale(xt: torch.Tensor, settings) -> Check:
     return Check("input_scale", "pass", f"inputs near normalised (mean {fmt(m)}, spread {fmt(s)})")
 
 
+def check_split_classes(ctx, task: str, classes: int, metrics: dict, settings) -> Check | None:
+    """Do train and val hold the same classes in like shares? A dataset sorted by label and
+    cut without shuffling gives val the classes train barely has (or never has)."""
+    if task != "classification" or not 2 <= classes <= 100:
+        return None
+    kw = reader_kwargs(ctx)
+    yt = collect_targets(ctx.data.train, limit=settings.overlap_samples, loader_kwargs=kw)
+    # enough val samples that sampling noise stays well under the threshold (~40 a class)
+    limit = min(settings.overlap_samples, max(settings.val_samples, 40 * classes))
+    yv = collect_targets(ctx.data.val, limit=limit, loader_kwargs=kw)
+    if yt.is_floating_point() or yv.is_floating_point() or yt.ndim != 1 or yv.ndim != 1:
+        return None  # soft labels, one logit per label: no class ids to count
+    if not len(yt) or not len(yv):
+        return None
+    ct = torch.bincount(yt.long().clamp(0, classes - 1), minlength=classes).double()
+    cv = torch.bincount(yv.long().clamp(0, classes - 1), minlength=classes).double()
+    pt, pv = ct / ct.sum(), cv / cv.sum()
+    shift = float(0.5 * (pt - pv).abs().sum())
+    metrics["split_class_shift"] = shift
+    unseen = [k for k in range(classes) if cv[k] > 0 and ct[k] == 0]
+    if shift <= settings.split_class_shift and not unseen:
+        return Check(
+            "split_classes",
+            "pass",
+            f"train and val hold the classes in like shares (they differ by {100 * shift:.0f}%)",
+        )
+    k = int((pv - pt).argmax())  # the class val holds most in excess of train
+    detail = (
+        f"val's classes are not train's: class {k} is {100 * pv[k]:.0f}% of val and "
+        f"{100 * pt[k]:.0f}% of train (the class shares differ by {100 * shift:.0f}%)"
+    )
+    if unseen:
+        detail += (
+            f"; class{'es' if len(unseen) > 1 else ''} {', '.join(map(str, unseen[:5]))} "
+            f"appear{'' if len(unseen) > 1 else 's'} in val but never in train's "
+            f"{len(yt)} samples read"
+        )
+    detail += (
+        ": a dataset sorted by label and cut without shuffling? shuffle before splitting, or "
+        "split stratified by label"
+    )
+    lost = float(pv[unseen].sum()) if unseen else 0.0
+    return Check("split_classes", "fail" if lost > 0.5 else "warn", detail)
+
+
 def check_balance(ctx, task: str, classes: int, metrics: dict, settings) -> Check:
     """Class counts over the train targets (pixels for segmentation), with the weights to use."""
     limit = settings.overlap_samples if task == "classification" else settings.samples

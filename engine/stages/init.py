@@ -119,6 +119,13 @@ class InitStage(Stage):
         out = out.detach()  # the graph was kept only to read the output's last operation
         if task != "regression" and (classes or out.ndim == 1):
             checks.append(datastats.check_balance(ctx, task, classes or 1, metrics, s))
+            split = datastats.check_split_classes(ctx, task, classes or 1, metrics, s)
+            if split is not None:
+                # val holding other classes also moves its input statistics: the classes
+                # are the cause to name first
+                shifted = [i for i, c in enumerate(checks) if c.name == "train_val_inputs"]
+                at = shifted[0] if split.status != "pass" and shifted else len(checks)
+                checks.insert(at, split)
         checks.append(
             Check(
                 "parameters",

@@ -47,6 +47,9 @@ class InitSettings:
     raw_scale: float = _f(
         20.0, "warn when a train feature or channel reaches |mean| + spread above this"
     )
+    split_class_shift: float = _f(
+        0.5, "warn when train's and val's class shares differ by this (total variation)"
+    )
     tiny_scale: float = _f(
         0.01, "warn when every train feature or channel stays under |mean| + spread of this"
     )

@@ -131,6 +131,20 @@ def float64_from_numpy(n_train: int = 512, n_val: int = 256, dim: int = 16, seed
     return TensorDataset(*draw(n_train)), TensorDataset(*draw(n_val))
 
 
+def sorted_then_last_fifth_as_val(n: int = 1000, dim: int = 16, seed: int = 0) -> tuple:
+    """Five classes stored sorted by label, the last 20% taken as val without shuffling: val
+    is the whole of class 4, which train never sees. https://github.com/keras-team/keras/issues/8346
+    ("splitting 20% of data for validation takes the last 20% of the data which is in this case
+    the whole class 5"), https://github.com/zalandoresearch/fashion-mnist/issues/3 ("the
+    validation set only contain 0 as labels")"""
+    g = _gen(seed)
+    centres = torch.randn(5, dim, generator=g)
+    y = torch.arange(5).repeat_interleave(n // 5)
+    x = centres[y] + 0.5 * torch.randn(len(y), dim, generator=g)
+    cut = int(0.8 * len(y))
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
 def tokens(
     n_train: int = 256, n_val: int = 128, seq: int = 12, vocab: int = 40, classes: int = 4, seed=0
 ):
