@@ -861,3 +861,33 @@ def test_split_classes_warn_just_past_the_shift_not_before(moved, status):
     got = check_split_classes(ctx, "classification", 3, metrics, s)
     assert got.status == status, (got.detail, metrics)
     assert metrics["split_class_shift"] == pytest.approx(moved, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "ratio, shift, status",
+    [(1.9, 0.0, "pass"), (2.1, 0.0, "warn"), (3.9, 0.0, "warn"), (4.1, 0.0, "fail"),
+     (1.0, 2.9, "pass"), (1.0, 3.1, "warn"), (2.1, 3.1, "fail")],
+)  # fmt: skip
+def test_regression_val_targets_off_trains_scale_at_the_split_thresholds(ratio, shift, status):
+    from types import SimpleNamespace
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from engine.diagnosis.datastats import check_target_splits
+    from engine.torchfree.ladder import InitSettings
+
+    s = InitSettings()
+    assert (s.split_scale_warn, s.split_scale_fail, s.split_shift_fail) == (2, 4, 3)
+    base = torch.randn(256, generator=torch.Generator().manual_seed(1)).double()
+    base = (base - base.mean()) / base.std()  # mean 0, spread 1 exactly
+    ctx = SimpleNamespace(
+        data=SimpleNamespace(
+            train=TensorDataset(torch.zeros(256, 2), base.float()),
+            val=TensorDataset(torch.zeros(256, 2), (base * ratio + shift).float()),
+        ),
+        preset={},
+    )
+    got = check_target_splits(ctx, "regression", s)
+    assert got.status == status, got.detail
+    assert check_target_splits(ctx, "classification", s) is None

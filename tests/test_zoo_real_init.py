@@ -148,6 +148,18 @@ CASES = {
         "appears in val but never in train's 800 samples read: a dataset sorted by label and cut "
         "without shuffling?",
     ),
+    "regression_targets_scaled_in_train_only": (
+        {
+            "task": "regression",
+            "model": _m("MLP", in_dim=8, outputs=1, squeeze=True),
+            "data": _m("regression_val_targets_unscaled"),
+        },
+        ["init"],
+        "init",
+        "fail",
+        "train_val_targets",
+        "val targets are on another scale than train's: train mean 0, spread 1; val mean",
+    ),
     "optimizer_on_last_layer_only": (
         {"optimizer": _m("last_layer_sgd", lr=0.01)},
         ["init"],

@@ -173,6 +173,54 @@ def check_scale(xt: torch.Tensor, settings) -> Check:
     return Check("input_scale", "pass", f"inputs near normalised (mean {fmt(m)}, spread {fmt(s)})")
 
 
+def check_target_splits(ctx, task: str, settings) -> Check | None:
+    """Regression: are val's targets on train's scale? Targets standardised in train only
+    (val left in raw units) make every val loss huge whatever the model learns."""
+    if task != "regression":
+        return None
+    kw = reader_kwargs(ctx)
+    yt = collect_targets(ctx.data.train, limit=settings.overlap_samples, loader_kwargs=kw)
+    yv = collect_targets(ctx.data.val, limit=settings.val_samples, loader_kwargs=kw)
+    if not (yt.is_floating_point() and yv.is_floating_point()) or len(yt) < 2 or len(yv) < 2:
+        return None
+    yt, yv = yt.double().reshape(len(yt), -1), yv.double().reshape(len(yv), -1)
+    if yt.shape[1] != yv.shape[1]:
+        return None
+    mt, st, mv, sv = (float(v) for v in (yt.mean(), yt.std(), yv.mean(), yv.std()))
+    ratio = (sv + 1e-12) / (st + 1e-12)
+    big = max(ratio, 1 / ratio)
+    shift = abs(mv - mt) / (st + 1e-12)
+    if big < settings.split_scale_warn and shift < settings.split_shift_fail:
+        return Check(
+            "train_val_targets",
+            "pass",
+            f"val targets on train's scale (spread ratio {ratio:.2f}, mean shift {shift:.2f} "
+            "train spreads)",
+        )
+    tiny = 1e-4 * max(st, sv)  # a standardised mean of 5e-9 reads as 0
+
+    def num(v: float) -> str:
+        return fmt(0.0 if abs(v) < tiny else v)
+
+    # as for the inputs: a shifted mean alone can be real drift (a later period as val)
+    gross = big >= settings.split_scale_fail or (
+        shift >= settings.split_shift_fail and big >= settings.split_scale_warn
+    )
+    return Check(
+        "train_val_targets",
+        "fail" if gross else "warn",
+        f"val targets are on another scale than train's: train mean {num(mt)}, spread "
+        f"{fmt(st)}; val mean {num(mv)}, spread {fmt(sv)} ({fmt(ratio)}× train's spread, mean "
+        f"{fmt(shift)} train spreads off): "
+        + (
+            "the targets were normalised in one split only — scale val's targets with train's "
+            "mean and spread (or neither split's)"
+            if gross
+            else "another source or period? compare how the two splits were made"
+        ),
+    )
+
+
 def check_split_classes(ctx, task: str, classes: int, metrics: dict, settings) -> Check | None:
     """Do train and val hold the same classes in like shares? A dataset sorted by label and
     cut without shuffling gives val the classes train barely has (or never has)."""

@@ -117,6 +117,9 @@ class InitStage(Stage):
             return from_checks(checks, metrics, "")
         checks.append(contracts.check_contract(task, ctx.loss_fn, out, probe_y))
         out = out.detach()  # the graph was kept only to read the output's last operation
+        targets = datastats.check_target_splits(ctx, task, s)
+        if targets is not None:
+            checks.append(targets)
         if task != "regression" and (classes or out.ndim == 1):
             checks.append(datastats.check_balance(ctx, task, classes or 1, metrics, s))
             split = datastats.check_split_classes(ctx, task, classes or 1, metrics, s)

@@ -136,13 +136,24 @@ def sorted_then_last_fifth_as_val(n: int = 1000, dim: int = 16, seed: int = 0) -
     is the whole of class 4, which train never sees. https://github.com/keras-team/keras/issues/8346
     ("splitting 20% of data for validation takes the last 20% of the data which is in this case
     the whole class 5"), https://github.com/zalandoresearch/fashion-mnist/issues/3 ("the
-    validation set only contain 0 as labels")"""
+    validation set only contain 0 as labels"), https://github.com/yhenon/pytorch-retinanet/issues/16
+    ("the training dataset had classes 1:200 and validation had 201:255")"""
     g = _gen(seed)
     centres = torch.randn(5, dim, generator=g)
     y = torch.arange(5).repeat_interleave(n // 5)
     x = centres[y] + 0.5 * torch.randn(len(y), dim, generator=g)
     cut = int(0.8 * len(y))
     return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
+
+
+def regression_val_targets_unscaled(**kw) -> tuple:
+    """Train targets standardised with their mean and spread, val's left in raw units: the
+    scaling was fitted and applied to one split. https://github.com/skorch-dev/skorch/issues/1012
+    ("weird valid loss when re-scaling y"), https://github.com/Nixtla/neuralforecast/issues/651
+    (validation loss computed without scaling back)"""
+    train, val = regression(scale=300.0, **kw)
+    y = train.tensors[1]
+    return TensorDataset(train.tensors[0], (y - y.mean()) / y.std()), val
 
 
 def tokens(
